@@ -1,0 +1,23 @@
+"""fastattn: fused attention and layer-norm kernels for encoder-decoder Transformers.
+
+Public API (see README.md): attention ops, normalization ops, drop-in modules
+(fastattn.nn), swap_modules, and fastattn.reference, the plain-PyTorch ground
+truth. Every op runs on the backends reported by fastattn.backends().
+"""
+
+from . import reference
+from ._backends import backends
+from .ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
+from . import nn
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "add_layer_norm",
+    "add_rms_norm",
+    "backends",
+    "layer_norm",
+    "nn",
+    "reference",
+    "rms_norm",
+]

@@ -1,0 +1,149 @@
+"""Which backend serves a call.
+
+Backends:
+  triton     Triton kernels (fastattn/triton/); CUDA tensors, or CPU tensors
+             under the Triton interpreter (TRITON_INTERPRET=1).
+  cuda       compiled CUDA kernels in fastattn._C (CUDA tensors).
+  cpu        compiled C++ kernels in fastattn._C (CPU tensors).
+  reference  plain PyTorch (fastattn.reference); always available.
+
+Each op family lists the backends that implement it (``OP_BACKENDS``); a
+compiled backend is further available only if fastattn._C registered a
+kernel for that family's native op on the device's dispatch key. ``auto``
+(or the FASTATTN_BACKEND environment variable, which overrides it) picks the
+first available backend in the family's preference order for the device.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+BACKENDS = ("triton", "cuda", "cpu", "reference")
+
+# op family -> native op in fastattn._C that the cpu/cuda backends call.
+NATIVE_OPS = {
+    "norm": "fastattn::norm_fwd_native",
+}
+
+# op family -> backends with an implementation (compiled ones still need _C).
+OP_BACKENDS = {
+    "norm": ("triton", "cuda", "cpu", "reference"),
+    "attention": ("triton", "reference"),
+}
+
+# Preference of `auto` per device type. The order on CUDA is provisional:
+# it has not yet been decided from measured results (see README).
+AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _load_extension() -> tuple[bool, str]:
+    try:
+        import fastattn._C  # noqa: F401  (loading registers the native ops)
+    except ImportError as exc:  # not built, or built against another torch
+        return False, f"fastattn._C could not be imported ({exc})"
+    return True, ""
+
+
+def extension_error() -> str:
+    """Empty if fastattn._C loaded, else why not."""
+    return _load_extension()[1]
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_error() -> str:
+    try:
+        import triton  # noqa: F401
+    except ImportError as exc:
+        return f"triton is not installed ({exc})"
+    return ""
+
+
+def triton_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@functools.lru_cache(maxsize=None)
+def _native_error(family: str, dispatch_key: str) -> str:
+    ok, why = _load_extension()
+    if not ok:
+        return why
+    name = NATIVE_OPS.get(family)
+    if name is None:
+        return f"no compiled {family} kernels exist yet"
+    if not torch._C._dispatch_has_kernel_for_dispatch_key(name, dispatch_key):
+        if dispatch_key == "CUDA":
+            return "fastattn._C was built without CUDA kernels"
+        return f"fastattn._C has no {dispatch_key} kernel for {family}"
+    return ""
+
+
+def unavailable_reason(backend: str, family: str, device: torch.device,
+                       dtype: torch.dtype | None = None) -> str:
+    """Empty string if `backend` can serve `family` on `device`, else why not."""
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r}; expected one of {BACKENDS + ('auto',)}"
+    if backend not in OP_BACKENDS[family]:
+        return f"the {backend} backend does not implement {family}"
+    if backend == "reference":
+        return ""
+    if backend == "triton":
+        why = _triton_error()
+        if why:
+            return why
+        if device.type == "cpu" and not triton_interpret():
+            return "triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)"
+        if device.type not in ("cpu", "cuda"):
+            return f"triton does not run on {device.type} tensors"
+        if dtype == torch.float64 and device.type != "cpu":
+            return "triton on GPU serves float16, bfloat16 and float32"
+        return ""
+    if backend == "cuda":
+        if device.type != "cuda":
+            return f"the cuda backend needs CUDA tensors, got {device.type}"
+        if dtype == torch.float64:
+            return "the cuda backend serves float16, bfloat16 and float32"
+        return _native_error(family, "CUDA")
+    # cpu
+    if device.type != "cpu":
+        return f"the cpu backend needs CPU tensors, got {device.type}"
+    return _native_error(family, "CPU")
+
+
+def resolve(requested: str, family: str, device: torch.device,
+            dtype: torch.dtype | None = None) -> str:
+    """The backend that will run; raises ValueError if `requested` cannot."""
+    if not isinstance(requested, str):
+        raise TypeError(f"backend must be a str, got {type(requested).__name__}")
+    if requested == "auto":
+        requested = os.environ.get("FASTATTN_BACKEND", "auto") or "auto"
+    if requested == "auto":
+        for candidate in AUTO_ORDER.get(device.type, ("reference",)):
+            if not unavailable_reason(candidate, family, device, dtype):
+                return candidate
+        return "reference"
+    why = unavailable_reason(requested, family, device, dtype)
+    if why:
+        raise ValueError(f"backend={requested!r} cannot serve this {family} call: {why}")
+    return requested
+
+
+def backends() -> dict[str, dict[str, str]]:
+    """Per backend and op family: "available" or the reason it is not.
+
+    Reported for the device a user would run on: CUDA if present, else CPU.
+    """
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    report: dict[str, dict[str, str]] = {}
+    for backend in BACKENDS:
+        report[backend] = {
+            family: (unavailable_reason(backend, family, device) or "available")
+            for family in OP_BACKENDS
+        }
+    return report

@@ -1,0 +1,69 @@
+"""Argument checks shared by the public ops.
+
+Every check raises before any kernel runs, with a message that names the
+offending argument and what was expected. The checks read only shapes,
+dtypes and devices (never tensor data), so torch.compile traces through them.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_tensor(name: str, t, *, dtypes=FLOAT_DTYPES) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in dtypes:
+        expected = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise TypeError(f"{name} must have dtype in ({expected}), got {t.dtype}")
+
+
+def check_like(name: str, t: Optional[torch.Tensor], ref_name: str, ref: torch.Tensor,
+               *, shape: Optional[Sequence[int]] = None) -> None:
+    """`t` (if given) must share `ref`'s dtype and device, and have `shape`."""
+    if t is None:
+        return
+    check_tensor(name, t)
+    if t.dtype != ref.dtype:
+        raise TypeError(f"{name} must have the dtype of {ref_name} ({ref.dtype}), got {t.dtype}")
+    if t.device != ref.device:
+        raise ValueError(f"{name} must be on the device of {ref_name} ({ref.device}), got {t.device}")
+    if shape is not None and tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def check_probability(name: str, p) -> float:
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(p).__name__}")
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {p}")
+    return float(p)
+
+
+def check_eps(name: str, eps) -> float:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise TypeError(f"{name} must be a float, got {type(eps).__name__}")
+    if not eps >= 0.0:  # also rejects NaN
+        raise ValueError(f"{name} must be >= 0, got {eps}")
+    return float(eps)
+
+
+def normalize_shape(name: str, normalized_shape, x: torch.Tensor) -> tuple[int, ...]:
+    """`normalized_shape` as a tuple; it must match x's trailing dims."""
+    if isinstance(normalized_shape, (int, torch.SymInt)) and not isinstance(normalized_shape, bool):
+        shape = (normalized_shape,)
+    elif isinstance(normalized_shape, (tuple, list, torch.Size)):
+        shape = tuple(normalized_shape)
+    else:
+        raise TypeError(f"{name} must be an int or a sequence of ints, "
+                        f"got {type(normalized_shape).__name__}")
+    if len(shape) == 0:
+        raise ValueError(f"{name} must name at least one dimension")
+    if len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape):]) != shape:
+        raise ValueError(f"{name} {shape} must equal the trailing dimensions of x "
+                         f"{tuple(x.shape)}")
+    return shape
