@@ -9,6 +9,7 @@ from . import reference
 from ._backends import backends
 from .ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 from . import nn
+from .integrations import swap_modules
 
 __version__ = "0.1.0"
 
@@ -20,4 +21,5 @@ __all__ = [
     "nn",
     "reference",
     "rms_norm",
+    "swap_modules",
 ]

@@ -89,3 +89,17 @@ def seeded(seed: int = 0) -> torch.Generator:
     g = torch.Generator()
     g.manual_seed(seed)
     return g
+
+
+class FastattnOpCounter(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts calls of fastattn:: ops, to prove a model really runs them."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "fastattn":
+            name = func._schema.name.split("::")[-1]
+            self.counts[name] = self.counts.get(name, 0) + 1
+        return func(*args, **(kwargs or {}))

@@ -1,0 +1,42 @@
+"""swap_modules for torch.nn: MultiheadAttention, LayerNorm, RMSNorm and the
+Transformer layers, converted in place (same parameter objects)."""
+
+from __future__ import annotations
+
+import torch
+
+from ..nn.attention import MultiheadAttention
+from ..nn.norm import LayerNorm, RMSNorm
+from ..nn.transformer import TransformerDecoderLayer, TransformerEncoderLayer
+
+_LAYERS = {
+    torch.nn.TransformerEncoderLayer: TransformerEncoderLayer,
+    torch.nn.TransformerDecoderLayer: TransformerDecoderLayer,
+}
+
+
+def swap_torch_modules(model: torch.nn.Module, *, attention: bool, norm: bool,
+                       backend: str) -> int:
+    """Convert torch.nn modules of ``model`` in place; returns how many."""
+    swapped = 0
+    for module in model.modules():
+        cls = type(module)
+        if attention and cls is torch.nn.MultiheadAttention:
+            MultiheadAttention.from_torch(module, backend)
+        elif norm and cls is torch.nn.LayerNorm:
+            module.__class__, module.backend = LayerNorm, backend
+        elif norm and cls is torch.nn.RMSNorm:
+            module.__class__, module.backend = RMSNorm, backend
+        elif cls in _LAYERS:
+            # The fastattn layers skip torch's eval fast path (which bypasses
+            # the attention modules) and fuse dropout-add-norm when `norm`.
+            module.__class__ = _LAYERS[cls]
+            module.backend, module.fuse_add_norm = backend, norm
+        elif cls is torch.nn.TransformerEncoder:
+            # Nested-tensor inputs would also bypass the swapped modules.
+            module.use_nested_tensor = False
+            continue
+        else:
+            continue
+        swapped += 1
+    return swapped

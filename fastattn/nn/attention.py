@@ -1,0 +1,185 @@
+"""fastattn.nn.MultiheadAttention: torch's module, fastattn's attention kernels."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _trailing_valid_lengths(key_padding_mask: Tensor) -> Tensor:
+    """Per batch row, 1 + the index of the last key that may be attended.
+
+    Keys beyond it are all padding, so the kernels skip their tiles; the mask
+    itself still goes to the kernel for any padding before that point. This
+    needs no data-dependent branch (no host sync, traceable).
+    """
+    s = key_padding_mask.shape[-1]
+    valid = ~key_padding_mask
+    positions = torch.arange(1, s + 1, device=key_padding_mask.device)
+    return (valid * positions).amax(dim=-1).to(torch.int32)
+
+
+def _as_allow_mask(mask: Tensor, query_dtype: torch.dtype) -> Tensor:
+    """torch's MHA masks (bool: True = masked out; float: added) in fastattn's
+    convention (bool: True = may attend; float: added)."""
+    if mask.dtype == torch.bool:
+        return ~mask
+    if not mask.is_floating_point():
+        raise TypeError(f"attn_mask must be bool or floating point, got {mask.dtype}")
+    return mask.to(query_dtype)
+
+
+class MultiheadAttention(torch.nn.MultiheadAttention):
+    """``torch.nn.MultiheadAttention`` running fastattn's attention.
+
+    Same constructor, parameters, state_dict and forward signature. With
+    ``need_weights=True`` the weights are computed by torch's own path (they
+    require the full attention matrix anyway). Projections are sliced as
+    views of one packed projection for self-attention, never copied.
+    """
+
+    def __init__(self, *args, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backend = backend
+
+    @classmethod
+    def from_torch(cls, module: torch.nn.MultiheadAttention,
+                   backend: str = "auto") -> "MultiheadAttention":
+        """Turn ``module`` into a fastattn MultiheadAttention in place (same
+        parameters, no copy) and return it."""
+        module.__class__ = cls
+        module.backend = backend
+        return module
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor,
+                key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
+                attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+        if need_weights or query.is_nested:
+            return super().forward(query, key, value, key_padding_mask=key_padding_mask,
+                                   need_weights=need_weights, attn_mask=attn_mask,
+                                   average_attn_weights=average_attn_weights,
+                                   is_causal=is_causal)
+        return self._fast_forward(query, key, value, key_padding_mask, attn_mask, is_causal), None
+
+    # ------------------------------------------------------------------
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v in (N, L, E) from batch-first inputs."""
+        e = self.embed_dim
+        if self._qkv_same_embed_dim:
+            w, b = self.in_proj_weight, self.in_proj_bias
+            if query is key and key is value:
+                qkv = F.linear(query, w, b)  # one GEMM; q/k/v are views of it
+                return qkv[..., :e], qkv[..., e:2 * e], qkv[..., 2 * e:]
+            bq, bkv = (b[:e], b[e:]) if b is not None else (None, None)
+            q = F.linear(query, w[:e], bq)
+            if key is value:
+                kv = F.linear(key, w[e:], bkv)
+                return q, kv[..., :e], kv[..., e:]
+            bk, bv = (b[e:2 * e], b[2 * e:]) if b is not None else (None, None)
+            return q, F.linear(key, w[e:2 * e], bk), F.linear(value, w[2 * e:], bv)
+        b = self.in_proj_bias
+        bq, bk, bv = (b[:e], b[e:2 * e], b[2 * e:]) if b is not None else (None, None, None)
+        return (F.linear(query, self.q_proj_weight, bq), F.linear(key, self.k_proj_weight, bk),
+                F.linear(value, self.v_proj_weight, bv))
+
+    def _batch_first(self, query: Tensor, key: Tensor, value: Tensor,
+                     unbatched: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """Views of the inputs as (N, L, E). Identity of the inputs is kept so
+        that self-attention still takes the single packed projection."""
+        if unbatched:
+            def to_batch_first(t):
+                return t.unsqueeze(0)
+        elif not self.batch_first:
+            def to_batch_first(t):
+                return t.transpose(0, 1)
+        else:
+            return query, key, value
+        same_kv = key is value
+        same_qkv = query is key and same_kv
+        query = to_batch_first(query)
+        key = query if same_qkv else to_batch_first(key)
+        value = key if same_kv else to_batch_first(value)
+        return query, key, value
+
+    def _fast_forward(self, query, key, value, key_padding_mask, attn_mask, is_causal):
+        from ..ops.attention import attention
+
+        unbatched = query.dim() == 2
+        if unbatched and key_padding_mask is not None:
+            key_padding_mask = key_padding_mask.unsqueeze(0)
+        query, key, value = self._batch_first(query, key, value, unbatched)
+
+        n, lq, _ = query.shape
+        h, d = self.num_heads, self.head_dim
+        q, k, v = self._project(query, key, value)
+
+        mask = None
+        if attn_mask is not None:
+            mask = _as_allow_mask(attn_mask, q.dtype)
+            if mask.dim() == 3:  # (N * H, L, S)
+                mask = mask.view(n, h, mask.shape[-2], mask.shape[-1])
+        kpm = None
+        if key_padding_mask is not None:
+            kpm = key_padding_mask
+            if kpm.dtype != torch.bool:
+                if not kpm.is_floating_point():
+                    raise TypeError("key_padding_mask must be bool or floating point, "
+                                    f"got {kpm.dtype}")
+                kpm = kpm.to(q.dtype)
+
+        if self.bias_k is not None:
+            k = torch.cat([k, self.bias_k.expand(n, 1, -1)], dim=1)
+            v = torch.cat([v, self.bias_v.expand(n, 1, -1)], dim=1)
+            mask = F.pad(mask, (0, 1)) if mask is not None else None
+            kpm = F.pad(kpm, (0, 1)) if kpm is not None else None
+        if self.add_zero_attn:
+            k = torch.cat([k, k.new_zeros(n, 1, k.shape[-1])], dim=1)
+            v = torch.cat([v, v.new_zeros(n, 1, v.shape[-1])], dim=1)
+            mask = F.pad(mask, (0, 1)) if mask is not None else None
+            kpm = F.pad(kpm, (0, 1)) if kpm is not None else None
+        s = k.shape[1]
+
+        kv_lengths = None
+        if kpm is not None:
+            if kpm.dtype == torch.bool:
+                kv_lengths = _trailing_valid_lengths(kpm)
+                kpm_allow = (~kpm).view(n, 1, 1, s)
+            else:
+                kpm_allow = kpm.view(n, 1, 1, s)
+            if mask is None:
+                mask = kpm_allow
+            elif mask.dtype == torch.bool and kpm_allow.dtype == torch.bool:
+                mask = mask & kpm_allow
+            else:
+                mask = _to_additive(mask, q.dtype) + _to_additive(kpm_allow, q.dtype)
+
+        # torch's hint: attn_mask is the causal mask. Use the kernel's causal
+        # path (and drop the mask) when nothing else is folded into it.
+        causal = False
+        if is_causal and attn_mask is not None and lq == s and kpm is None \
+                and self.bias_k is None and not self.add_zero_attn:
+            causal, mask = True, None
+
+        # (N, L, E) -> (N, H, L, D): views with stride 1 in the last dim.
+        q4 = q.view(n, lq, h, d).transpose(1, 2)
+        k4 = k.view(n, s, h, d).transpose(1, 2)
+        v4 = v.view(n, s, h, d).transpose(1, 2)
+        out = attention(q4, k4, v4, causal=causal, attn_mask=mask, kv_lengths=kv_lengths,
+                        dropout_p=self.dropout if self.training else 0.0,
+                        backend=self.backend)
+        out = out.transpose(1, 2).reshape(n, lq, self.embed_dim)
+        out = self.out_proj(out)
+        if unbatched:
+            return out.squeeze(0)
+        return out if self.batch_first else out.transpose(0, 1)
+
+
+def _to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+        ~mask, float("-inf"))

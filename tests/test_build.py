@@ -1,0 +1,48 @@
+"""The package imports, reports its backends, and (in CI) has its extension."""
+
+import os
+
+import pytest
+import torch
+
+import fastattn
+from fastattn import _backends
+
+
+def test_backends_report_every_backend_and_family():
+    report = fastattn.backends()
+    assert set(report) == set(_backends.BACKENDS)
+    for backend, families in report.items():
+        assert set(families) == set(_backends.OP_BACKENDS)
+        assert families["norm"] == "available" or families["norm"], backend
+    assert report["reference"]["norm"] == "available"
+
+
+@pytest.mark.skipif(os.environ.get("FASTATTN_EXPECT_EXTENSION") != "1",
+                    reason="set FASTATTN_EXPECT_EXTENSION=1 where the extension must be built")
+def test_extension_was_built():
+    # CI sets FASTATTN_EXPECT_EXTENSION=1, so a failed build cannot hide
+    # behind skipped cpu-backend tests.
+    assert _backends.extension_error() == ""
+    assert _backends.resolve("auto", "norm", torch.device("cpu")) == "cpu"
+
+
+def test_unknown_backend_is_rejected_by_name():
+    x = torch.randn(2, 8)
+    with pytest.raises(ValueError, match="backend"):
+        fastattn.layer_norm(x, 8, backend="fortran")
+    with pytest.raises(TypeError, match="backend"):
+        fastattn.layer_norm(x, 8, backend=3)
+
+
+def test_environment_variable_overrides_auto(monkeypatch):
+    monkeypatch.setenv("FASTATTN_BACKEND", "reference")
+    assert _backends.resolve("auto", "norm", torch.device("cpu")) == "reference"
+    # an explicit request is not overridden
+    monkeypatch.setenv("FASTATTN_BACKEND", "cpu")
+    assert _backends.resolve("reference", "norm", torch.device("cpu")) == "reference"
+
+
+def test_cuda_backend_refuses_cpu_tensors_with_reason():
+    with pytest.raises(ValueError, match="CUDA tensors"):
+        fastattn.layer_norm(torch.randn(2, 8), 8, backend="cuda")

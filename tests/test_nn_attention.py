@@ -1,0 +1,125 @@
+"""fastattn.nn.MultiheadAttention against torch.nn.MultiheadAttention."""
+
+import copy
+
+import pytest
+import torch
+
+import fastattn
+from helpers import FastattnOpCounter, assert_close, backend_params
+
+E, H = 32, 4
+BACKENDS = backend_params("attention", devices=("cpu",))
+
+
+def _pair(backend="auto", **kwargs):
+    """(torch module in fp64, torch module in fp32, fastattn module in fp32),
+    all with the same weights."""
+    torch_mha = torch.nn.MultiheadAttention(E, H, **kwargs)
+    ours = fastattn.nn.MultiheadAttention(E, H, backend=backend, **kwargs)
+    ours.load_state_dict(torch_mha.state_dict())
+    return copy.deepcopy(torch_mha).double(), torch_mha, ours
+
+
+def _inputs(batch_first, n=3, lq=7, s=9, cross=False, kdim=E, vdim=E):
+    def make(length, dim):
+        shape = (n, length, dim) if batch_first else (length, n, dim)
+        return torch.randn(shape, requires_grad=True)
+    q = make(lq, E)
+    if not cross:
+        return q, q, q
+    return q, make(s, kdim), make(s, vdim)
+
+
+def _right_padding(n, s):
+    lengths = torch.randint(1, s + 1, (n,))
+    lengths[0] = s
+    return torch.arange(s)[None, :] >= lengths[:, None]  # True = ignore
+
+
+def _run(module, q, k, v, dtype=None, **kw):
+    cast = (lambda t: t.detach().to(dtype).requires_grad_()) if dtype else (lambda t: t)
+    same = q is k and k is v
+    q2 = cast(q)
+    k2, v2 = (q2, q2) if same else (cast(k), cast(v))
+    kw = {key: (val.to(dtype) if dtype and torch.is_tensor(val) and val.is_floating_point()
+                else val) for key, val in kw.items()}
+    out, weights = module(q2, k2, v2, **kw)
+    grad = torch.randn_like(out, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out.backward(grad.to(out.dtype))
+    grads = [t.grad for t in ((q2,) if same else (q2, k2, v2))]
+    grads += [p.grad for p in module.parameters()]
+    return out, weights, grads
+
+
+CASES = [
+    dict(batch_first=True),
+    dict(batch_first=False),
+    dict(batch_first=True, bias=False),
+    dict(batch_first=True, add_bias_kv=True),
+    dict(batch_first=True, add_zero_attn=True),
+    dict(batch_first=False, kdim=24, vdim=40),
+]
+
+
+@pytest.mark.parametrize("kwargs", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()))
+@pytest.mark.parametrize("masks", ["none", "key_padding", "bool_mask", "float_mask", "causal"])
+@pytest.mark.parametrize("backend, device", BACKENDS)
+def test_matches_torch(kwargs, masks, backend, device):
+    truth_mod, base_mod, ours = _pair(backend, **kwargs)
+    cross = "kdim" in kwargs or masks == "key_padding"
+    q, k, v = _inputs(kwargs["batch_first"], cross=cross, kdim=kwargs.get("kdim", E),
+                      vdim=kwargs.get("vdim", E))
+    n, lq = 3, 7
+    s = 9 if cross else lq
+    call = dict(need_weights=False)
+    if masks == "key_padding":
+        call["key_padding_mask"] = _right_padding(n, s)
+    elif masks == "bool_mask":
+        m = torch.rand(lq, s) < 0.3
+        m[:, 0] = False  # every query keeps a key
+        call["attn_mask"] = m
+    elif masks == "float_mask":
+        call["attn_mask"] = torch.randn(lq, s)
+    elif masks == "causal":
+        if cross:
+            pytest.skip("causal hint is for self-attention")
+        call["attn_mask"] = torch.nn.Transformer.generate_square_subsequent_mask(lq)
+        call["is_causal"] = True
+    truth = _run(truth_mod, q, k, v, torch.float64, **call)
+    base = _run(base_mod, q, k, v, **call)
+    with FastattnOpCounter() as counter:
+        got = _run(ours, q, k, v, **call)
+    assert counter.counts.get("attention_fwd", 0) == 1, counter.counts
+    assert counter.counts.get("attention_bwd", 0) == 1, counter.counts
+    assert got[1] is None
+    assert_close(got[0], truth[0], base[0], "output")
+    for i, (g, t, b) in enumerate(zip(got[2], truth[2], base[2])):
+        assert_close(g, t, b, f"grad {i}")
+
+
+def test_need_weights_and_state_dict_are_torchs():
+    truth_mod, base_mod, ours = _pair(batch_first=True)
+    assert ours.state_dict().keys() == base_mod.state_dict().keys()
+    q, k, v = _inputs(True, cross=True)
+    out, w = ours(q, k, v, need_weights=True)
+    ref_out, ref_w = base_mod(q, k, v, need_weights=True)
+    torch.testing.assert_close(w, ref_w)
+    torch.testing.assert_close(out, ref_out)
+
+
+def test_unbatched_input():
+    truth_mod, base_mod, ours = _pair(batch_first=True)
+    x = torch.randn(5, E)
+    got, _ = ours(x, x, x, need_weights=False)
+    ref, _ = truth_mod(x.double(), x.double(), x.double(), need_weights=False)
+    base, _ = base_mod(x, x, x, need_weights=False)
+    assert_close(got, ref, base)
+
+
+def test_self_attention_projection_is_not_copied():
+    _, _, ours = _pair(batch_first=True)
+    x = torch.randn(2, 5, E)
+    q, k, v = ours._project(x, x, x)
+    assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == \
+        v.untyped_storage().data_ptr()
