@@ -5,6 +5,8 @@ A kernel's output in a low precision is judged against the float64 truth
 multiple of the error plain PyTorch makes computing the same thing in that
 precision, plus a tiny absolute floor. This adapts to shape and dtype without
 hand-tuned tolerances. On failure the first mismatching elements are printed.
+The protocol itself lives in fastattn.testing, shared with the benchmark's
+correctness gate.
 """
 
 from __future__ import annotations
@@ -15,50 +17,11 @@ import pytest
 import torch
 
 from fastattn import _backends
-
-ERROR_MULTIPLE = 3.0
-ABS_FLOOR = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 1e-4,
-             torch.bfloat16: 1e-3}
+from fastattn.testing import (ABS_FLOOR, ERROR_MULTIPLE, assert_close,  # noqa: F401
+                              describe_mismatch, max_err)
 
 HAS_CUDA = torch.cuda.is_available()
 INTERPRET = _backends.triton_interpret()
-
-
-def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    if a.numel() == 0:
-        return 0.0
-    return (a.double() - b.double()).abs().max().item()
-
-
-def describe_mismatch(actual: torch.Tensor, expected: torch.Tensor, tol: float, k: int = 5) -> str:
-    diff = (actual.double() - expected.double()).abs()
-    bad = (diff > tol) | diff.isnan()
-    idx = bad.nonzero()[:k]
-    lines = [f"{int(bad.sum())} of {diff.numel()} elements off (tol {tol:.3g}):"]
-    for i in idx.tolist():
-        i = tuple(i)
-        lines.append(f"  at {i}: got {actual[i].item():.6g}, expected {expected[i].item():.6g}")
-    return "\n".join(lines)
-
-
-def assert_close(actual: torch.Tensor, truth: torch.Tensor, baseline: torch.Tensor | None,
-                 name: str = "output", multiple: float = ERROR_MULTIPLE) -> None:
-    """`actual`'s error vs `truth` (fp64) is <= multiple x `baseline`'s + floor.
-
-    `baseline` is plain PyTorch's result in actual's dtype (None: compare
-    with the floor alone, for float64 results).
-    """
-    assert actual.shape == truth.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(truth.shape)}"
-    assert not actual.isnan().any() or truth.isnan().any(), f"{name}: NaN in the result"
-    floor = ABS_FLOOR[actual.dtype]
-    # relative floor: rounding of the result itself in its own dtype
-    scale = truth.abs().max().item() if truth.numel() else 0.0
-    floor = max(floor, scale * torch.finfo(actual.dtype).eps)
-    base_err = max_err(baseline, truth) if baseline is not None else 0.0
-    tol = multiple * base_err + floor
-    err = max_err(actual, truth)
-    assert err <= tol, f"{name}: max error {err:.3g} > {tol:.3g} " \
-        f"(PyTorch's own error {base_err:.3g})\n" + describe_mismatch(actual, truth, tol)
 
 
 def poison_(t: torch.Tensor) -> torch.Tensor:
