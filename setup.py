@@ -39,7 +39,8 @@ def _extensions():
         return [], {}
 
     sources = _sources("csrc/*.cpp") + _sources("csrc/cpu/*.cpp")
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp"]
+    # No -std flag: torch's BuildExtension adds the standard its headers need.
+    cxx_flags = ["-O3", "-fopenmp"]
     include_dirs = [os.path.join(ROOT, "csrc")]
 
     has_cuda_toolchain = torch.version.cuda is not None and CUDA_HOME is not None
@@ -51,7 +52,7 @@ def _extensions():
     if want_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         sources += _sources("csrc/cuda/*.cu") + _sources("csrc/cuda/*_binding.cpp")
-        nvcc_flags = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo",
+        nvcc_flags = ["-O3", "--use_fast_math", "-lineinfo",
                       "--expt-relaxed-constexpr", "-Xptxas=--warn-on-spills"]
         ext = CUDAExtension("fastattn._C", sources, include_dirs=include_dirs,
                             extra_compile_args={"cxx": cxx_flags + ["-DFASTATTN_WITH_CUDA"],
