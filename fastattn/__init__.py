@@ -7,6 +7,7 @@ truth. Every op runs on the backends reported by fastattn.backends().
 
 from . import reference
 from ._backends import backends
+from .ops.attention import attention, scaled_dot_product_attention
 from .ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 from . import nn
 from .integrations import swap_modules
@@ -16,10 +17,12 @@ __version__ = "0.1.0"
 __all__ = [
     "add_layer_norm",
     "add_rms_norm",
+    "attention",
     "backends",
     "layer_norm",
     "nn",
     "reference",
     "rms_norm",
+    "scaled_dot_product_attention",
     "swap_modules",
 ]

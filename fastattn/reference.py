@@ -91,3 +91,122 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]
         eps = torch.finfo(x.dtype).eps
     shape = tuple(weight.shape) if weight is not None else tuple(x.shape[-1:])
     return _norm(x, residual, weight, None, eps, dropout_p, True, prenorm, shape)
+
+
+# --------------------------------------------------------------- attention
+
+
+def _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale, seed=None):
+    """(out, lse) of API.md's attention, materializing the scores.
+
+    lse is float32 (float64 for float64 inputs). Dropout draws the mask the
+    kernels draw: row = (b * Hq + h) * Lq + i, col = j of fastattn._rng, and
+    scales kept probabilities by 1 / (1 - p); lse is taken before dropout.
+    """
+    ct = _compute_dtype(q.dtype)
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    if scale is None:
+        scale = D ** -0.5
+    qc = q.to(ct)
+    kc = k.to(ct).repeat_interleave(Hq // Hkv, dim=1)
+    vc = v.to(ct).repeat_interleave(Hq // Hkv, dim=1)
+    s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+
+    dev = q.device
+    i = torch.arange(Lq, device=dev).view(1, Lq, 1)
+    j = torch.arange(Lk, device=dev).view(1, 1, Lk)
+    q_len = (q_lengths.to(dev, torch.int64) if q_lengths is not None
+             else torch.full((B,), Lq, device=dev)).view(B, 1, 1)
+    kv_len = (kv_lengths.to(dev, torch.int64) if kv_lengths is not None
+              else torch.full((B,), Lk, device=dev)).view(B, 1, 1)
+    allowed = (i < q_len) & (j < kv_len)  # (B, Lq, Lk)
+    if causal:
+        allowed = allowed & (j <= i + (kv_len - q_len))
+    allowed = allowed.unsqueeze(1)  # (B, 1, Lq, Lk)
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            allowed = allowed & attn_mask
+        else:
+            s = s + attn_mask.to(ct)
+    s = s.masked_fill(~allowed, float("-inf"))
+
+    # A row with nothing to attend is all -inf: give it out 0, lse -inf and
+    # zero gradients. Computing softmax/logsumexp on such a row would give
+    # NaN (and NaN gradients), so those rows see zeros instead.
+    live = (s > float("-inf")).any(dim=-1, keepdim=True)
+    s_live = torch.where(live, s, torch.zeros((), dtype=ct, device=dev))
+    p = torch.softmax(s_live, dim=-1) * live
+    lse = torch.where(live.squeeze(-1), torch.logsumexp(s_live, dim=-1),
+                      torch.full((), float("-inf"), dtype=ct, device=dev))
+    if dropout_p > 0:
+        if seed is None:
+            seed = _rng.draw_seed(q.device)
+        keep = _rng.keep_mask(seed, B * Hq * Lq, Lk, dropout_p, dev).view(B, Hq, Lq, Lk)
+        p = p * keep.to(ct) / (1.0 - dropout_p)
+    out = torch.matmul(p, vc)
+    return out.to(q.dtype), lse.to(torch.float64 if ct == torch.float64 else torch.float32)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
+              attn_mask: Optional[Tensor] = None, q_lengths: Optional[Tensor] = None,
+              kv_lengths: Optional[Tensor] = None, dropout_p: float = 0.0,
+              scale: Optional[float] = None, return_lse: bool = False,
+              backend: str = "reference"):
+    out, lse = _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale)
+    return (out, lse) if return_lse else out
+
+
+def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
+                     cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
+                     causal: bool = False, dropout_p: float = 0.0,
+                     scale: Optional[float] = None, return_lse: bool = False,
+                     backend: str = "reference"):
+    """Packed sequences: each sequence is attended on its own (no dropout
+    mask correspondence with the padded layout)."""
+    outs, lses = [], []
+    bounds_q = cu_seqlens_q.tolist()
+    bounds_k = cu_seqlens_k.tolist()
+    for b in range(len(bounds_q) - 1):
+        qs = q[bounds_q[b]:bounds_q[b + 1]].transpose(0, 1).unsqueeze(0)
+        ks = k[bounds_k[b]:bounds_k[b + 1]].transpose(0, 1).unsqueeze(0)
+        vs = v[bounds_k[b]:bounds_k[b + 1]].transpose(0, 1).unsqueeze(0)
+        o, lse = _attention(qs, ks, vs, causal, None, None, None, dropout_p, scale)
+        outs.append(o[0].transpose(0, 1))
+        lses.append(lse[0])
+    out = torch.cat(outs, dim=0) if outs else q.new_empty(q.shape)
+    lse = torch.cat(lses, dim=1) if lses else q.new_empty((q.shape[1], 0), dtype=torch.float32)
+    return (out, lse) if return_lse else out
+
+
+def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
+                                 attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
+                                 is_causal: bool = False, scale: Optional[float] = None,
+                                 enable_gqa: bool = False) -> Tensor:
+    """torch.nn.functional.scaled_dot_product_attention's math: top-left
+    ``is_causal``, any leading batch dims, value head dim may differ;
+    rows with nothing to attend give 0. Dropout uses torch's RNG."""
+    ct = _compute_dtype(query.dtype)
+    L, S = query.shape[-2], key.shape[-2]
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    k, v = key.to(ct), value.to(ct)
+    if enable_gqa and query.dim() >= 3 and key.shape[-3] != query.shape[-3]:
+        rep = query.shape[-3] // key.shape[-3]
+        k = k.repeat_interleave(rep, dim=-3)
+        v = v.repeat_interleave(rep, dim=-3)
+    s = torch.matmul(query.to(ct), k.transpose(-1, -2)) * scale
+    if is_causal:
+        tril = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
+        s = s.masked_fill(~tril, float("-inf"))
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            s = s.masked_fill(~attn_mask, float("-inf"))
+        else:
+            s = s + attn_mask.to(ct)
+    live = (s > float("-inf")).any(dim=-1, keepdim=True)
+    s = torch.where(live, s, torch.zeros((), dtype=ct, device=query.device))
+    p = torch.softmax(s, dim=-1) * live
+    if dropout_p > 0:
+        p = torch.nn.functional.dropout(p, dropout_p)
+    return torch.matmul(p, v).to(query.dtype)

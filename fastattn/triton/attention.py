@@ -1,0 +1,264 @@
+"""Launchers of the Triton attention kernels (attention_fwd.py, attention_bwd.py).
+
+They implement the op contract of fastattn/ops/attention.py:
+
+    attention_fwd(q, k, v, mask, q_lengths, kv_lengths, causal, scale) -> (out, lse)
+    attention_bwd(dout, dlse, q, k, v, out, lse, mask, q_lengths, kv_lengths,
+                  causal, scale, mask_grad) -> (dq, dk, dv, dmask)
+
+Tensors are passed with their strides (only the last dim must be
+contiguous): no copies. A mask arrives 4-D with every dim either 1 or full;
+it is expanded to (B, Hq, Lq, Lk), which only sets the broadcast strides to 0.
+
+Tile sizes: on a GPU, autotuned per head-dim bucket, mask kind, causal,
+sequence-length bucket and dtype over a small per-generation config set
+(Ampere sm_8x, Hopper sm_9x); the choice is cached for the process. Under
+the Triton interpreter one small fixed configuration is used: autotuning
+there would only time the interpreter.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .._backends import triton_interpret
+from . import attention_bwd as bwd
+from . import attention_fwd as fwd
+
+# ------------------------------------------------------------------ configs
+
+# Under the interpreter: small tiles (several tiles per test sequence, so the
+# tile-boundary logic is exercised) but not so small that Python overhead
+# per tile dominates. BLOCK_M != BLOCK_N on purpose, to catch mixed-up bounds.
+_INTERPRET_FWD = dict(BLOCK_M=32, BLOCK_N=16)
+_INTERPRET_BWD_KV = dict(BLOCK_M=16, BLOCK_N=32)
+_INTERPRET_BWD_Q = dict(BLOCK_M=32, BLOCK_N=16)
+_INTERPRET_PRE = dict(BLOCK_M=32)
+
+
+def _cfg(bm, bn, warps, stages):
+    return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
+
+
+# (forward, backward dK/dV, backward dQ) candidates per GPU generation. In
+# the dK/dV kernel BLOCK_N is the key tile a program owns and BLOCK_M the
+# query tile it iterates over; in the others BLOCK_M is the owned query tile.
+_GPU_CONFIGS = {
+    "hopper": (
+        [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(128, 32, 8, 2)],
+        [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2), _cfg(32, 64, 4, 3), _cfg(16, 64, 4, 2)],
+        [_cfg(128, 32, 8, 3), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 3), _cfg(64, 16, 4, 2)],
+    ),
+    "ampere": (
+        [_cfg(128, 64, 4, 3), _cfg(64, 64, 4, 3), _cfg(128, 32, 4, 2), _cfg(64, 32, 4, 2)],
+        [_cfg(32, 128, 8, 2), _cfg(32, 64, 4, 3), _cfg(16, 64, 4, 2)],
+        [_cfg(128, 32, 8, 2), _cfg(64, 32, 4, 3), _cfg(64, 16, 4, 2)],
+    ),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _generation(device_index: int) -> str:
+    major, _ = torch.cuda.get_device_capability(device_index)
+    return "hopper" if major >= 9 else "ampere"
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_limit(device_index: int) -> int:
+    props = torch.cuda.get_device_properties(device_index)
+    return getattr(props, "shared_memory_per_block_optin", 96 * 1024)
+
+
+def _fits_smem(configs, named_args, **kwargs):
+    """Drop configs whose pipelined tiles cannot fit in shared memory: an
+    estimate of the largest kernel's need (q/do tiles plus `stages` copies of
+    the streamed k/v or q/do tiles)."""
+    q = named_args.get("Q")
+    elt = q.element_size() if q is not None else 2
+    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 128))
+    limit = _smem_limit(q.device.index if q is not None and q.device.index is not None else 0)
+    kept = []
+    for c in configs:
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        need = elt * bd * (2 * max(bm, bn) + 2 * c.num_stages * min(bm, bn))
+        if need <= limit:
+            kept.append(c)
+    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+
+
+_AUTOTUNE_KEY = ["BLOCK_D", "CAUSAL", "MASK_KIND", "LEN_BUCKET"]
+
+
+@functools.lru_cache(maxsize=None)
+def _tuned(kernel_name: str, generation: str):
+    """The autotuned wrapper of one kernel for one GPU generation (cached,
+    and so is the config each wrapper picks per key)."""
+    index = {"fwd": 0, "bwd_kv": 1, "bwd_q": 2}[kernel_name]
+    kernel = {"fwd": fwd.attention_fwd_kernel, "bwd_kv": bwd.attention_bwd_dkdv_kernel,
+              "bwd_q": bwd.attention_bwd_dq_kernel}[kernel_name]
+    return triton.autotune(configs=_GPU_CONFIGS[generation][index], key=_AUTOTUNE_KEY,
+                           prune_configs_by={"early_config_prune": _fits_smem})(kernel)
+
+
+def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, interpret_cfg: dict, device):
+    """Run a kernel: fixed tiles under the interpreter, autotuned on a GPU.
+    `grid_of(BLOCK_M, BLOCK_N)` gives the launch grid for a config."""
+    if triton_interpret() or device.type != "cuda":
+        kernel = {"fwd": fwd.attention_fwd_kernel, "bwd_kv": bwd.attention_bwd_dkdv_kernel,
+                  "bwd_q": bwd.attention_bwd_dq_kernel}[kernel_name]
+        grid = grid_of(interpret_cfg["BLOCK_M"], interpret_cfg["BLOCK_N"])
+        kernel[grid](*args, **meta, **interpret_cfg)
+        return
+    tuned = _tuned(kernel_name, _generation(device.index or 0))
+    tuned[lambda m: grid_of(m["BLOCK_M"], m["BLOCK_N"])](*args, **meta)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _kernel_meta(q: torch.Tensor, causal: bool, mask: Optional[torch.Tensor],
+                 q_lengths, kv_lengths) -> dict:
+    """Compile-time parameters shared by the kernels."""
+    D = q.shape[-1]
+    if q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        precision = "tf32"  # follow PyTorch's own float32 matmul setting
+    else:
+        precision = "ieee"
+    if mask is None:
+        kind = fwd.MASK_NONE
+    elif mask.dtype == torch.bool:
+        kind = fwd.MASK_BOOL
+    else:
+        kind = fwd.MASK_BIAS
+    return dict(
+        BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=bool(causal), MASK_KIND=kind,
+        HAS_QLENS=q_lengths is not None, HAS_KVLENS=kv_lengths is not None,
+        ACC_DTYPE=tl.float64 if q.dtype == torch.float64 else tl.float32,
+        DOT_PRECISION=precision,
+    )
+
+
+def _mask_arg(mask: Optional[torch.Tensor], shape, dummy: torch.Tensor):
+    """(tensor, strides) of the mask expanded to (B, Hq, Lq, Lk) with no copy;
+    a bool mask is reinterpreted as uint8 (same bytes)."""
+    if mask is None:
+        return dummy, (0, 0, 0, 0)
+    full = mask.expand(shape)
+    if full.dtype == torch.bool:
+        full = full.view(torch.uint8)
+    return full, tuple(full.stride())
+
+
+def _len_bucket(lq: int, lk: int) -> int:
+    return max(lq, lk, 1).bit_length()
+
+
+# ------------------------------------------------------------------ forward
+
+
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
+                  kv_lengths: Optional[torch.Tensor], causal: bool, scale: float):
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    out = torch.empty_like(q)  # keeps q's memory layout (e.g. B, L, H, D)
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    lse = torch.empty((B, Hq, Lq), dtype=lse_dtype, device=q.device)
+    if out.numel() == 0:
+        return out, lse.fill_(float("-inf"))
+    m, m_strides = _mask_arg(mask, (B, Hq, Lq, Lk), q)
+    ql = q_lengths if q_lengths is not None else q
+    kvl = kv_lengths if kv_lengths is not None else q
+    meta = _kernel_meta(q, causal, mask, q_lengths, kv_lengths)
+    args = (q, k, v, out, lse, m, ql, kvl,
+            q.stride(0), q.stride(1), q.stride(2),
+            k.stride(0), k.stride(1), k.stride(2),
+            v.stride(0), v.stride(1), v.stride(2),
+            out.stride(0), out.stride(1), out.stride(2),
+            *m_strides,
+            Hq, Hq // Hkv, Lq, Lk, D, scale * fwd.LOG2E.value, _len_bucket(Lq, Lk))
+    _launch("fwd", lambda bm, bn: (triton.cdiv(Lq, bm), B * Hq), args, meta,
+            _INTERPRET_FWD, q.device)
+    return out, lse
+
+
+# ----------------------------------------------------------------- backward
+
+
+def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
+                  k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+                  mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
+                  kv_lengths: Optional[torch.Tensor], causal: bool, scale: float,
+                  mask_grad: bool):
+    """(dq, dk, dv, dmask); dmask has the mask's shape and dtype when
+    mask_grad, else shape (0,).
+
+    The bias gradient is written in full, (B, Hq, Lq, Lk) in float32
+    (float64 for float64 inputs), then summed over the mask's broadcast
+    dims: O(B Hq Lq Lk) extra memory, spent only when a float mask requires
+    grad. Tiles the kernels skip keep their zeros.
+    """
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    want_dbias = mask_grad and mask is not None and mask.dtype != torch.bool
+    dbias = (torch.zeros((B, Hq, Lq, Lk), dtype=acc_dtype, device=q.device) if want_dbias
+             else None)
+    if q.numel() == 0 or k.numel() == 0:
+        dq.zero_(), dk.zero_(), dv.zero_()
+        return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
+
+    meta = _kernel_meta(q, causal, mask, q_lengths, kv_lengths)
+    m, m_strides = _mask_arg(mask, (B, Hq, Lq, Lk), q)
+    ql = q_lengths if q_lengths is not None else q
+    kvl = kv_lengths if kv_lengths is not None else q
+    has_dlse = dlse is not None
+    dlse = dlse.contiguous() if has_dlse else lse
+
+    delta = torch.empty((B, Hq, Lq), dtype=acc_dtype, device=q.device)
+    block = _INTERPRET_PRE["BLOCK_M"] if triton_interpret() else 64
+    bwd.attention_bwd_preprocess_kernel[(triton.cdiv(Lq, block), B * Hq)](
+        out, dout, dlse, delta,
+        out.stride(0), out.stride(1), out.stride(2),
+        dout.stride(0), dout.stride(1), dout.stride(2),
+        Hq, Lq, D,
+        BLOCK_D=meta["BLOCK_D"], HAS_DLSE=has_dlse, ACC_DTYPE=meta["ACC_DTYPE"], BLOCK_M=block)
+
+    common_strides = (q.stride(0), q.stride(1), q.stride(2),
+                      k.stride(0), k.stride(1), k.stride(2),
+                      v.stride(0), v.stride(1), v.stride(2),
+                      dout.stride(0), dout.stride(1), dout.stride(2))
+    qk_scale = scale * fwd.LOG2E.value
+    bucket = _len_bucket(Lq, Lk)
+
+    args = (q, k, v, dout, lse, delta, dk, dv, m, ql, kvl, *common_strides,
+            dk.stride(0), dk.stride(1), dk.stride(2),
+            dv.stride(0), dv.stride(1), dv.stride(2),
+            *m_strides, Hkv, Hq // Hkv, Lq, Lk, D, qk_scale, scale, bucket)
+    _launch("bwd_kv", lambda bm, bn: (triton.cdiv(Lk, bn), B * Hkv), args, meta,
+            _INTERPRET_BWD_KV, q.device)
+
+    args = (q, k, v, dout, lse, delta, dq, dbias if want_dbias else q, m, ql, kvl,
+            *common_strides, dq.stride(0), dq.stride(1), dq.stride(2),
+            *m_strides, Hq, Hq // Hkv, Lq, Lk, D, qk_scale, scale, bucket)
+    _launch("bwd_q", lambda bm, bn: (triton.cdiv(Lq, bm), B * Hq), args,
+            dict(meta, STORE_DBIAS=want_dbias), _INTERPRET_BWD_Q, q.device)
+    return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
+
+
+def _reduce_dbias(dbias, mask, want_dbias, q):
+    """Sum the full bias gradient over the dims the mask broadcasts over."""
+    if not want_dbias:
+        return q.new_empty((0,))
+    dims = [d for d in range(4) if mask.shape[d] == 1 and dbias.shape[d] != 1]
+    if dims:
+        dbias = dbias.sum(dim=dims, keepdim=True)
+    return dbias.to(mask.dtype)

@@ -1,0 +1,276 @@
+"""Flash-attention backward kernels (Triton), by recomputation.
+
+Nothing of size Lq x Lk is stored by the forward: the backward recomputes
+the probabilities tile by tile from the saved logsumexp,
+    p_ij = exp(s_ij - lse_i)      (in the log2 domain: 2^(c q_i.k_j + log2e b_ij - log2e lse_i)),
+and, with dO the output gradient and x_ij = scale * q_i.k_j + bias_ij the
+score whose softmax is p:
+    dV_j   = sum_i p_ij dO_i
+    dp_ij  = dO_i . v_j
+    dx_ij  = p_ij (dp_ij - delta_i),   delta_i = sum_j p_ij dp_ij = dO_i . out_i - dlse_i
+    dQ_i   = scale * sum_j dx_ij k_j
+    dK_j   = scale * sum_i dx_ij q_i
+    dbias  = dx                        (for a float mask that requires grad)
+delta is computed once per row by a small preprocess kernel. The optional
+gradient of the returned lse enters only through delta, because
+d lse_i / d x_ij = p_ij.
+
+Work split: dK/dV are accumulated per key tile by one program that iterates
+over the query tiles (and, for grouped-query attention, over all query heads
+sharing the kv head); dQ is accumulated per query tile by a separate pass
+over the key tiles. The alternative, one pass that adds dQ contributions
+with atomics from every key-tile program, saves recomputing q.k and dO.v
+once more but makes dQ's summation order depend on scheduling: results
+would differ bitwise from run to run. With the separate pass every output
+element is written by exactly one program in a fixed order, so the backward
+is deterministic (bitwise reproducible on the same GPU and config), and dQ
+needs no fp32 scratch buffer or zero-initialization.
+
+Rows with lse = -inf (nothing to attend, or padded) get p = 0 everywhere:
+their lse is replaced by +inf before subtracting (2^(s - inf) = 0), so
+their gradients are exactly 0, never NaN. Tiles outside the key lengths or
+the causal band are skipped by loop bounds; visited tiles apply the bounds
+element-wise.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .attention_fwd import LOG2E
+
+
+@triton.jit
+def attention_bwd_preprocess_kernel(
+    Out, DOut,          # forward output and its gradient, (B, Hq, Lq, D), last dim contiguous
+    DLse,               # gradient of lse (B, Hq, Lq) contiguous; dummy unless HAS_DLSE
+    Delta,              # output (B, Hq, Lq) contiguous: rowsum(dO * out) - dlse
+    stride_ob, stride_oh, stride_om,     # out strides
+    stride_db, stride_dh, stride_dm,     # dout strides
+    H_Q, LQ, HEAD_DIM,  # query heads, query length, head dim
+    BLOCK_D: tl.constexpr, HAS_DLSE: tl.constexpr, ACC_DTYPE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H_Q).to(tl.int64)
+    h = (pid_bh % H_Q).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m[:, None] < LQ) & (offs_d[None, :] < HEAD_DIM)
+    o = tl.load(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+                mask=ok, other=0.0).to(ACC_DTYPE)
+    do = tl.load(DOut + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm
+                 + offs_d[None, :], mask=ok, other=0.0).to(ACC_DTYPE)
+    delta = tl.sum(o * do, 1)
+    row = pid_bh.to(tl.int64) * LQ + offs_m
+    if HAS_DLSE:
+        delta -= tl.load(DLse + row, mask=offs_m < LQ, other=0.0).to(ACC_DTYPE)
+    tl.store(Delta + row, delta, mask=offs_m < LQ)
+
+
+@triton.jit
+def _lengths(QLens, KVLens, b, LQ, LK, HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr):
+    """This batch row's (q_len, kv_len), clamped into [0, L]."""
+    q_len = LQ
+    kv_len = LK
+    if HAS_QLENS:
+        q_len = tl.minimum(tl.maximum(tl.load(QLens + b).to(tl.int32), 0), LQ)
+    if HAS_KVLENS:
+        kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b).to(tl.int32), 0), LK)
+    return q_len, kv_len
+
+
+@triton.jit
+def attention_bwd_dkdv_kernel(
+    Q, K, V, DOut,      # q, dout (B, Hq, Lq, D); k, v (B, Hkv, Lk, D); last dim contiguous
+    Lse, Delta,         # (B, Hq, Lq) contiguous: forward logsumexp (natural log) and delta
+    DK, DV,             # outputs (B, Hkv, Lk, D)
+    Mask,               # bool mask as uint8 or float bias, expanded; dummy if MASK_KIND == 0
+    QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
+    stride_qb, stride_qh, stride_qm,          # q strides (elements)
+    stride_kb, stride_kh, stride_kn,          # k strides
+    stride_vb, stride_vh, stride_vn,          # v strides
+    stride_db, stride_dh, stride_dm,          # dout strides
+    stride_dkb, stride_dkh, stride_dkn,       # dk strides
+    stride_dvb, stride_dvh, stride_dvn,       # dv strides
+    stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides, 0 on broadcast dims
+    H_KV,               # number of kv heads
+    GROUP,              # query heads per kv head
+    LQ, LK, HEAD_DIM,   # padded lengths, head dim
+    qk_scale,           # softmax scale * log2(e)
+    scale,              # softmax scale
+    LEN_BUCKET,         # autotuning key only
+    BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # query tile iterated over
+    BLOCK_N: tl.constexpr,  # key tile owned by this program
+):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H_KV).to(tl.int64)
+    hk = (pid_bh % H_KV).to(tl.int64)
+    q_len, kv_len = _lengths(QLens, KVLens, b, LQ, LK, HAS_QLENS, HAS_KVLENS)
+    diag = kv_len - q_len
+
+    start_n = pid_n * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    n_ok = offs_n < kv_len
+    kv_mask = n_ok[:, None] & d_ok[None, :]
+    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
+                mask=kv_mask, other=0.0)
+
+    # Query rows that may attend a key of this tile: i < q_len and, causal,
+    # i >= j - diag for the tile's first key j. A tile with no valid key
+    # visits nothing and writes zeros.
+    lo = 0
+    if CAUSAL:
+        lo = tl.maximum(start_n - diag, 0) // BLOCK_M * BLOCK_M
+    hi = tl.where(start_n < kv_len, q_len, 0)
+
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_DTYPE)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_DTYPE)
+    for g in range(0, GROUP):
+        h = hk * GROUP + g
+        q_base = Q + b * stride_qb + h * stride_qh
+        do_base = DOut + b * stride_db + h * stride_dh
+        row_base = (b * H_KV * GROUP + h) * LQ  # offset of (b, h) in Lse / Delta
+        mask_base = Mask + b * stride_mb + h * stride_mh
+        for start_m in range(lo, hi, BLOCK_M):
+            offs_m = start_m + tl.arange(0, BLOCK_M)
+            m_ok = offs_m < q_len
+            qt = tl.load(q_base + offs_m[None, :] * stride_qm + offs_d[:, None],
+                         mask=d_ok[:, None] & m_ok[None, :], other=0.0)   # (BLOCK_D, BLOCK_M)
+            # Scores transposed, (keys, queries), so that P^T feeds dV directly.
+            st = tl.dot(k, qt, input_precision=DOT_PRECISION) * qk_scale
+            if MASK_KIND != 0:
+                m_ptrs = mask_base + offs_m[None, :] * stride_mm + offs_n[:, None] * stride_mn
+                in_bounds = (offs_n[:, None] < LK) & (offs_m[None, :] < LQ)
+                if MASK_KIND == 1:
+                    st = tl.where(tl.load(m_ptrs, mask=in_bounds, other=0) != 0, st,
+                                  float("-inf"))
+                else:
+                    st += tl.load(m_ptrs, mask=in_bounds, other=0.0).to(st.dtype) * LOG2E
+            ok = n_ok[:, None] & m_ok[None, :]
+            if CAUSAL:
+                ok = ok & (offs_n[:, None] <= offs_m[None, :] + diag)
+            st = tl.where(ok, st, float("-inf"))
+            lse = tl.load(Lse + row_base + offs_m, mask=m_ok, other=float("-inf")).to(ACC_DTYPE)
+            lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+            pt = tl.math.exp2(st - lse2[None, :])                            # (BLOCK_N, BLOCK_M)
+            do = tl.load(do_base + offs_m[:, None] * stride_dm + offs_d[None, :],
+                         mask=m_ok[:, None] & d_ok[None, :], other=0.0)    # (BLOCK_M, BLOCK_D)
+            dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
+            dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            delta = tl.load(Delta + row_base + offs_m, mask=m_ok, other=0.0)
+            dst = pt * (dpt - delta[None, :])
+            dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=DOT_PRECISION)
+    dk *= scale
+
+    out_mask = (offs_n[:, None] < LK) & d_ok[None, :]
+    tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=out_mask)
+    tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=out_mask)
+
+
+@triton.jit
+def attention_bwd_dq_kernel(
+    Q, K, V, DOut,      # q, dout (B, Hq, Lq, D); k, v (B, Hkv, Lk, D); last dim contiguous
+    Lse, Delta,         # (B, Hq, Lq) contiguous: forward logsumexp (natural log) and delta
+    DQ,                 # output (B, Hq, Lq, D)
+    DBias,              # output (B, Hq, Lq, Lk) contiguous, zero-filled; dummy unless STORE_DBIAS
+    Mask,               # bool mask as uint8 or float bias, expanded; dummy if MASK_KIND == 0
+    QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
+    stride_qb, stride_qh, stride_qm,          # q strides (elements)
+    stride_kb, stride_kh, stride_kn,          # k strides
+    stride_vb, stride_vh, stride_vn,          # v strides
+    stride_db, stride_dh, stride_dm,          # dout strides
+    stride_dqb, stride_dqh, stride_dqm,       # dq strides
+    stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides, 0 on broadcast dims
+    H_Q,                # number of query heads
+    GROUP,              # query heads per kv head
+    LQ, LK, HEAD_DIM,   # padded lengths, head dim
+    qk_scale,           # softmax scale * log2(e)
+    scale,              # softmax scale
+    LEN_BUCKET,         # autotuning key only
+    BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    STORE_DBIAS: tl.constexpr,  # write dx (the bias gradient) for every visited tile
+    BLOCK_M: tl.constexpr,  # query tile owned by this program
+    BLOCK_N: tl.constexpr,  # key tile iterated over
+):
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H_Q).to(tl.int64)
+    h = pid_bh % H_Q
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+    q_len, kv_len = _lengths(QLens, KVLens, b, LQ, LK, HAS_QLENS, HAS_KVLENS)
+    diag = kv_len - q_len
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    m_ok = offs_m < q_len
+    row_mask = m_ok[:, None] & d_ok[None, :]
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                mask=row_mask, other=0.0)
+    do = tl.load(DOut + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm
+                 + offs_d[None, :], mask=row_mask, other=0.0)
+    row = pid_bh.to(tl.int64) * LQ + offs_m
+    lse = tl.load(Lse + row, mask=m_ok, other=float("-inf")).to(ACC_DTYPE)
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+    delta = tl.load(Delta + row, mask=m_ok, other=0.0)
+
+    # Same key range as the forward: keys < kv_len, and with causal up to
+    # the diagonal of the block's last valid row.
+    rows_end = tl.minimum(start_m + BLOCK_M, q_len)
+    hi = kv_len
+    if CAUSAL:
+        hi = tl.minimum(hi, rows_end + diag)
+    hi = tl.where(rows_end > start_m, tl.maximum(hi, 0), 0)
+
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    mask_base = Mask + b * stride_mb + h * stride_mh
+    dbias_base = DBias + pid_bh.to(tl.int64) * LQ * LK
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
+    for start_n in range(0, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < kv_len
+        col_mask = d_ok[:, None] & n_ok[None, :]
+        kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None], mask=col_mask, other=0.0)
+        vt = tl.load(v_base + offs_n[None, :] * stride_vn + offs_d[:, None], mask=col_mask, other=0.0)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        in_bounds = (offs_m[:, None] < LQ) & (offs_n[None, :] < LK)
+        if MASK_KIND != 0:
+            m_ptrs = mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+            if MASK_KIND == 1:
+                s = tl.where(tl.load(m_ptrs, mask=in_bounds, other=0) != 0, s, float("-inf"))
+            else:
+                s += tl.load(m_ptrs, mask=in_bounds, other=0.0).to(s.dtype) * LOG2E
+        ok = m_ok[:, None] & n_ok[None, :]
+        if CAUSAL:
+            ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
+        s = tl.where(ok, s, float("-inf"))
+        p = tl.math.exp2(s - lse2[:, None])
+        dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        if STORE_DBIAS:
+            tl.store(dbias_base + offs_m[:, None] * LK + offs_n[None, :],
+                     ds.to(DBias.dtype.element_ty), mask=in_bounds)
+        dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
+    dq *= scale
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=(offs_m[:, None] < LQ) & d_ok[None, :])

@@ -1,0 +1,186 @@
+"""Flash-attention forward kernel (Triton).
+
+One program computes a BLOCK_M x D tile of the output for one (batch, query
+head): it streams the key/value tiles of that head's kv head through an
+online softmax and never materializes the Lq x Lk score matrix.
+
+Math (per query row i, log2 domain, c = scale * log2(e)):
+    s_ij = c * q_i . k_j + log2(e) * bias_ij       (-inf where i may not attend j)
+    m_i  = max_j s_ij,   l_i = sum_j 2^(s_ij - m_i)
+    out_i = sum_j 2^(s_ij - m_i) v_j / l_i
+    lse_i = (m_i + log2(l_i)) * ln(2)              (natural log, for the backward)
+m and l are updated tile by tile: when a new tile raises the running max
+from m to m', the partial sums are rescaled by alpha = 2^(m - m').
+Folding log2(e) into the scale turns every exponential into exp2.
+
+Which keys a row may attend (b = batch row, with qL/kL its q/kv lengths,
+defaulting to Lq/Lk):
+    j < kL,  i < qL,  causal: j <= i + (kL - qL)  (bottom-right aligned),
+    bool mask: mask[b, h, i, j],  float mask: adds bias (-inf excludes).
+Rows with no key they may attend get out = 0 and lse = -inf: the running
+max stays -inf, so it is replaced by 0 before subtracting (a guard against
+-inf - -inf = NaN) and l stays 0.
+
+Tiles are skipped by loop bounds, not masked: key tiles at or beyond kL and,
+with causal, tiles right of the diagonal of the block's last valid row are
+never visited. The visited range is split in two: "interior" tiles that
+every row of the block may fully attend (no per-element bound checks), and
+"boundary" tiles (the partial last key tile and tiles crossing the causal
+diagonal) with the checks.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+LOG2E = tl.constexpr(1.4426950408889634)
+LN2 = tl.constexpr(0.6931471805599453)
+
+# MASK_KIND values: no mask, bool mask (True = may attend), additive float bias.
+MASK_NONE = 0
+MASK_BOOL = 1
+MASK_BIAS = 2
+
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
+               stride_kn, stride_vn, stride_mm, stride_mn,
+               offs_m, offs_d, lo, hi, kv_len, diag, LQ, LK, HEAD_DIM, qk_scale,
+               BLOCK_N: tl.constexpr, BOUNDARY: tl.constexpr, CAUSAL: tl.constexpr,
+               MASK_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Online-softmax update of (acc, l_i, m_i) over key tiles [lo, hi).
+
+    acc: (BLOCK_M, BLOCK_D) unnormalized output; l_i, m_i: (BLOCK_M,) running
+    sum and max (log2 domain); q: (BLOCK_M, BLOCK_D) query tile;
+    k_base/v_base/mask_base: pointers at this (batch, head)'s key 0 / mask
+    row 0; offs_m/offs_d: row and head-dim indices of the tile; kv_len/diag:
+    this batch row's key count and causal offset kL - qL; BOUNDARY: apply
+    the key-count and causal checks element-wise (else the caller guarantees
+    every element of [lo, hi) is attendable).
+    """
+    d_ok = offs_d < HEAD_DIM
+    for start_n in range(lo, hi, BLOCK_N):
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        if BOUNDARY:
+            n_ok = offs_n < kv_len
+        else:
+            n_ok = offs_n < LK  # always true here; keeps the load in bounds
+        # K^T tile (BLOCK_D, BLOCK_N): strided load, no copy of k.
+        kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
+                     mask=d_ok[:, None] & n_ok[None, :], other=0.0)
+        s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        if MASK_KIND != 0:
+            m_ptrs = mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
+            in_bounds = (offs_m[:, None] < LQ) & (offs_n[None, :] < LK)
+            if MASK_KIND == 1:
+                allowed = tl.load(m_ptrs, mask=in_bounds, other=0) != 0
+                s = tl.where(allowed, s, float("-inf"))
+            else:
+                bias = tl.load(m_ptrs, mask=in_bounds, other=0.0).to(s.dtype)
+                s = s + bias * LOG2E
+        if BOUNDARY:
+            ok = n_ok[None, :]
+            if CAUSAL:
+                ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
+            s = tl.where(ok, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # Guard: a row that has seen only -inf keeps m = -inf; subtract 0
+        # instead so that 2^(-inf - 0) = 0 rather than NaN.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_safe[:, None])
+        alpha = tl.math.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :],
+                    mask=n_ok[:, None] & d_ok[None, :], other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def attention_fwd_kernel(
+    Q, K, V,            # inputs: q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D); last dim contiguous
+    Out,                # output (B, Hq, Lq, D), dtype of q
+    Lse,                # output (B, Hq, Lq) contiguous, natural-log logsumexp (fp32; fp64 for fp64)
+    Mask,               # bool mask viewed as uint8, or float bias; dummy if MASK_KIND == 0
+    QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
+    stride_qb, stride_qh, stride_qm,          # q strides (elements)
+    stride_kb, stride_kh, stride_kn,          # k strides
+    stride_vb, stride_vh, stride_vn,          # v strides
+    stride_ob, stride_oh, stride_om,          # out strides
+    stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides, 0 on broadcast dims
+    H_Q,                # number of query heads
+    GROUP,              # query heads per kv head (Hq // Hkv)
+    LQ, LK,             # padded sequence lengths of q and k
+    HEAD_DIM,           # D (BLOCK_D is D rounded up to a power of two)
+    qk_scale,           # softmax scale * log2(e)
+    LEN_BUCKET,         # autotuning key only: log2 bucket of max(Lq, Lk)
+    BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
+    HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,      # tl.float32 (tl.float64 for float64 inputs)
+    DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for float32 inputs
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        # Blocks further down the diagonal do more work: start them first.
+        pid_m = tl.num_programs(0) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H_Q).to(tl.int64)
+    h = pid_bh % H_Q
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+
+    q_len = LQ
+    kv_len = LK
+    if HAS_QLENS:
+        q_len = tl.minimum(tl.maximum(tl.load(QLens + b).to(tl.int32), 0), LQ)
+    if HAS_KVLENS:
+        kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b).to(tl.int32), 0), LK)
+    diag = kv_len - q_len  # causal: row i may attend j <= i + diag
+
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+                mask=(offs_m[:, None] < q_len) & d_ok[None, :], other=0.0)
+
+    # Key range [0, hi) that some valid row of this block may attend, and
+    # its interior prefix [0, interior) that every row may attend.
+    rows_end = tl.minimum(start_m + BLOCK_M, q_len)  # <= start_m: no valid row
+    hi = kv_len
+    interior = kv_len
+    if CAUSAL:
+        hi = tl.minimum(hi, rows_end + diag)
+        interior = tl.minimum(interior, start_m + 1 + diag)
+    hi = tl.where(rows_end > start_m, tl.maximum(hi, 0), 0)
+    interior = tl.minimum(tl.maximum(interior, 0) // BLOCK_N * BLOCK_N, hi)
+
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    mask_base = Mask + b * stride_mb + h * stride_mh
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
+    l_i = tl.zeros([BLOCK_M], dtype=ACC_DTYPE)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC_DTYPE)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
+                               stride_kn, stride_vn, stride_mm, stride_mn,
+                               offs_m, offs_d, 0, interior, kv_len, diag, LQ, LK, HEAD_DIM,
+                               qk_scale, BLOCK_N, False, CAUSAL, MASK_KIND, DOT_PRECISION)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
+                               stride_kn, stride_vn, stride_mm, stride_mn,
+                               offs_m, offs_d, interior, hi, kv_len, diag, LQ, LK, HEAD_DIM,
+                               qk_scale, BLOCK_N, True, CAUSAL, MASK_KIND, DOT_PRECISION)
+
+    # Normalize; rows that attended nothing (l = 0) and padded rows give 0 / -inf.
+    row_ok = (offs_m < q_len) & (l_i > 0)
+    l_safe = tl.where(row_ok, l_i, 1.0)
+    out = tl.where(row_ok[:, None], acc / l_safe[:, None], 0.0)
+    lse = tl.where(row_ok, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
+
+    in_rows = offs_m < LQ
+    tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+             out.to(Out.dtype.element_ty), mask=in_rows[:, None] & d_ok[None, :])
+    tl.store(Lse + pid_bh.to(tl.int64) * LQ + offs_m, lse.to(Lse.dtype.element_ty), mask=in_rows)
