@@ -1,0 +1,3 @@
+"""placeholder"""
+def run(quick, wanted_peers, ctx):
+    return []

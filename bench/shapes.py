@@ -1,0 +1,207 @@
+"""Shape grids of the benchmark, one list of plain dicts per op.
+
+A shape is a JSON-able dict (what `--shapes FILE` holds too):
+
+  layernorm:  {"op": "layernorm", "norm": "layer_norm" | "rms_norm" |
+               "add_layer_norm" | "add_rms_norm", "rows": M, "hidden": N}
+  attention, cross, decode:
+              {"op": ..., "B", "Hq", "Hkv", "Lq", "Lk", "D",
+               "causal": bool, "pad": fraction of padded tokens (0..0.9)}
+
+`normalize` fills `family` (the curve a shape belongs to in the plots) and
+`x` (the swept size along that curve) when a file leaves them out.
+
+Grids follow the issues: norms over hidden 256..16384 and 4k..64k rows;
+attention over BERT-base (B=32, H=12, D=64, L=128..512, 0/25/50% padding),
+decoder causal self-attention, cross-attention (Lq=64..1024 over
+Lk=128..4096) and long sequences (L=1k..16k, D=64/128, causal and not,
+B*L = 16k tokens and H*D = 2048 as flash-attention's plots use); decoding
+(B=1..64, Hq=8..32, Hkv in {Hq, Hq/4}, D=64/128, Lk=1k..64k, one query).
+A CPU gets the same families at sizes two cores finish in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+
+NORMS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
+ATTENTION_OPS = ("attention", "cross", "decode")
+OPS = ("layernorm",) + ATTENTION_OPS
+ATTENTION_KEYS = ("B", "Hq", "Hkv", "Lq", "Lk", "D")
+
+# Decode configurations whose KV cache exceeds this are left out of the grid.
+MAX_KV_CACHE_BYTES = 8 << 30
+
+
+def _norm(norm, rows, hidden):
+    return {"op": "layernorm", "norm": norm, "rows": rows, "hidden": hidden}
+
+
+def _attn(op, B, Hq, Hkv, Lq, Lk, D, causal=False, pad=0.0, family=None, x=None):
+    return {"op": op, "B": B, "Hq": Hq, "Hkv": Hkv, "Lq": Lq, "Lk": Lk, "D": D,
+            "causal": causal, "pad": pad, "family": family, "x": x}
+
+
+# ------------------------------------------------------------------ layernorm
+
+
+def layernorm_grid(quick: bool, device_type: str) -> list[dict]:
+    if device_type == "cpu":
+        hiddens = (512, 2048) if quick else (256, 1024, 4096, 16384)
+        rows = (2048,) if quick else (1024, 4096)
+        norms = ("layer_norm", "add_layer_norm") if quick else NORMS
+    else:
+        hiddens = (1024, 4096, 16384) if quick else (256, 512, 1024, 2048, 4096, 8192, 16384)
+        rows = (16384,) if quick else (4096, 16384, 65536)
+        norms = ("layer_norm", "rms_norm", "add_layer_norm") if quick else NORMS
+    return [_norm(n, m, h) for n in norms for m in rows for h in hiddens]
+
+
+# ------------------------------------------------------------------ attention
+
+
+def attention_grid(quick: bool, device_type: str) -> list[dict]:
+    """Self-attention: BERT-base with padding, decoder causal, long sequences."""
+    out = []
+    if device_type == "cpu":
+        bert_b, bert_ls = 4, ((128, 256) if quick else (128, 256, 512))
+        pads = (0.0, 0.5) if quick else (0.0, 0.25, 0.5)
+        dec_b, dec_ls = 2, ((256,) if quick else (256, 512, 1024))
+        longs = () if quick else ((1024, 2048), (64,), (False, True))
+    else:
+        bert_b, bert_ls = 32, ((128, 512) if quick else (128, 256, 384, 512))
+        pads = (0.0, 0.5) if quick else (0.0, 0.25, 0.5)
+        dec_b, dec_ls = 8, ((1024,) if quick else (256, 512, 1024, 2048))
+        longs = (((2048, 8192), (128,), (True,)) if quick
+                 else ((1024, 2048, 4096, 8192, 16384), (64, 128), (False, True)))
+    for pad in pads:
+        for L in bert_ls:
+            out.append(_attn("attention", bert_b, 12, 12, L, L, 64, pad=pad,
+                             family=f"BERT-base pad {round(pad * 100)}%", x=L))
+    for L in dec_ls:
+        out.append(_attn("attention", dec_b, 12, 12, L, L, 64, causal=True,
+                         family="decoder causal H=12 D=64", x=L))
+    if longs:
+        lengths, dims, causals = longs
+        tokens = 16384 if device_type != "cpu" else 2048
+        for D in dims:
+            for causal in causals:
+                for L in lengths:
+                    H = 2048 // D if device_type != "cpu" else 4
+                    out.append(_attn("attention", max(1, tokens // L), H, H, L, L, D,
+                                     causal=causal,
+                                     family=f"long D={D} {'causal' if causal else 'full'}",
+                                     x=L))
+    return out
+
+
+def cross_grid(quick: bool, device_type: str) -> list[dict]:
+    """Cross-attention, decoder queries over encoder keys (no causal mask)."""
+    if device_type == "cpu":
+        B, lqs, lks = 4, ((64,) if quick else (64, 256)), ((512,) if quick else (128, 512, 2048))
+    else:
+        B = 16
+        lqs = (64, 1024) if quick else (64, 256, 1024)
+        lks = (512, 4096) if quick else (128, 512, 1024, 2048, 4096)
+    return [_attn("cross", B, 12, 12, lq, lk, 64, family=f"cross Lq={lq}", x=lk)
+            for lq in lqs for lk in lks]
+
+
+def decode_grid(quick: bool, device_type: str) -> list[dict]:
+    """One new query per sequence over a KV cache of Lk keys."""
+    if device_type == "cpu":
+        bs, hqs, dims = (1,), (8,), (64,)
+        lks = (1024, 4096) if quick else (1024, 4096, 16384)
+    else:
+        bs = (1, 16) if quick else (1, 16, 64)
+        hqs = (32,) if quick else (8, 32)
+        dims = (128,) if quick else (64, 128)
+        lks = (1024, 16384) if quick else (1024, 4096, 16384, 65536)
+    out = []
+    for B in bs:
+        for Hq in hqs:
+            for Hkv in (Hq, Hq // 4):
+                for D in dims:
+                    for Lk in lks:
+                        kv_bytes = 2 * B * Hkv * Lk * D * 2
+                        if kv_bytes > MAX_KV_CACHE_BYTES:
+                            continue
+                        out.append(_attn("decode", B, Hq, Hkv, 1, Lk, D,
+                                         family=f"decode B={B} Hq={Hq} Hkv={Hkv} D={D}", x=Lk))
+    return out
+
+
+GRIDS = {"layernorm": layernorm_grid, "attention": attention_grid, "cross": cross_grid,
+         "decode": decode_grid}
+
+
+def grid(op: str, quick: bool, device_type: str) -> list[dict]:
+    return [normalize(s) for s in GRIDS[op](quick, device_type)]
+
+
+# ------------------------------------------------------------- user shapes
+
+
+def _positive_int(shape: dict, key: str, where: str) -> int:
+    value = shape.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{where}: {key!r} must be a positive int, got {value!r}")
+    return value
+
+
+def normalize(shape: dict, where: str = "shape") -> dict:
+    """Validated copy of `shape` with defaults, family and x filled in."""
+    if not isinstance(shape, dict):
+        raise ValueError(f"{where}: expected a JSON object, got {type(shape).__name__}")
+    op = shape.get("op")
+    if op not in OPS:
+        raise ValueError(f"{where}: 'op' must be one of {OPS}, got {op!r}")
+    s = dict(shape)
+    if op == "layernorm":
+        if s.get("norm", "layer_norm") not in NORMS:
+            raise ValueError(f"{where}: 'norm' must be one of {NORMS}, got {s.get('norm')!r}")
+        s.setdefault("norm", "layer_norm")
+        _positive_int(s, "rows", where)
+        _positive_int(s, "hidden", where)
+        s.setdefault("family", f"{s['norm']} rows={s['rows']}")
+        s.setdefault("x", s["hidden"])
+        return s
+    if op == "decode":
+        s.setdefault("Lq", 1)
+    if "L" in s:  # self-attention shorthand
+        s.setdefault("Lq", s["L"])
+        s.setdefault("Lk", s.pop("L"))
+    s.setdefault("Hkv", s.get("Hq"))
+    for key in ATTENTION_KEYS:
+        _positive_int(s, key, where)
+    if s["Hq"] % s["Hkv"]:
+        raise ValueError(f"{where}: 'Hq' ({s['Hq']}) must be a multiple of 'Hkv' ({s['Hkv']})")
+    s["causal"] = bool(s.get("causal", False))
+    pad = s.get("pad", 0.0)
+    if not isinstance(pad, (int, float)) or not 0.0 <= pad <= 0.9:
+        raise ValueError(f"{where}: 'pad' must be a number in [0, 0.9], got {pad!r}")
+    s["pad"] = float(pad)
+    if s.get("family") is None:
+        s["family"] = f"{op} D={s['D']}{' causal' if s['causal'] else ''}"
+    if s.get("x") is None:
+        s["x"] = s["Lk"]
+    return s
+
+
+def load(path: str) -> list[dict]:
+    """Shapes from a JSON file holding a list of shape dicts."""
+    with open(path) as f:
+        data = json.load(f)
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of shape objects")
+    return [normalize(s, f"{path}[{i}]") for i, s in enumerate(data)]
+
+
+def label(s: dict) -> str:
+    """Short human-readable name of a shape (table rows, progress bar)."""
+    if s["op"] == "layernorm":
+        return f"{s['norm']} {s['rows']}x{s['hidden']}"
+    heads = f"H={s['Hq']}" if s["Hq"] == s["Hkv"] else f"Hq={s['Hq']} Hkv={s['Hkv']}"
+    length = f"L={s['Lq']}" if s["Lq"] == s["Lk"] else f"Lq={s['Lq']} Lk={s['Lk']}"
+    extra = (" causal" if s["causal"] else "") + (f" pad={round(s['pad'] * 100)}%" if s["pad"] else "")
+    return f"B={s['B']} {heads} {length} D={s['D']}{extra}"
