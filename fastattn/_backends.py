@@ -70,6 +70,8 @@ def triton_interpret() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+# A constant to torch.compile: dynamo cannot trace the dispatcher query.
+@torch.compiler.assume_constant_result
 def _native_error(family: str, dispatch_key: str) -> str:
     ok, why = _load_extension()
     if not ok:

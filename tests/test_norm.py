@@ -372,16 +372,16 @@ def test_dropout_backward_uses_forward_mask(backend, device):
     assert (dx[~kept] == 0).all()
 
 
-@pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="triton needs a GPU or TRITON_INTERPRET=1")
-def test_triton_rng_matches_python():
+if HAS_CUDA or INTERPRET:
     import triton
     import triton.language as tl
 
     from fastattn.triton import rng
 
     @triton.jit
-    def bits_kernel(SEED, OUT, KEEP, row0, n_cols, threshold, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr):
+    def _bits_kernel(SEED, OUT, KEEP, row0, n_cols, threshold, BLOCK_M: tl.constexpr,
+                     BLOCK_N: tl.constexpr):
+        # The words and keep flags of rows row0 .. row0 + BLOCK_M - 1.
         rows = row0 + tl.arange(0, BLOCK_M).to(tl.int64)
         cols = tl.arange(0, BLOCK_N)
         seed_lo, seed_hi = rng.load_seed(SEED)
@@ -392,13 +392,16 @@ def test_triton_rng_matches_python():
         tl.store(OUT + out, bits.to(tl.int64))
         tl.store(KEEP + out, keep.to(tl.int8))
 
+
+@pytest.mark.skipif(not (HAS_CUDA or INTERPRET), reason="triton needs a GPU or TRITON_INTERPRET=1")
+def test_triton_rng_matches_python():
     device = "cuda" if HAS_CUDA else "cpu"
     for seed, row0, p in [(0, 0, 0.5), (2**62 - 1, 3, 0.1), (123456789012345, 2**32 - 5, 0.9)]:
         seed_t = torch.tensor([seed], dtype=torch.int64, device=device)
-        out = poison_(torch.empty(8, 64, dtype=torch.float64, device=device)).to(torch.int64)
+        out = torch.full((8, 64), -1, dtype=torch.int64, device=device)
         keep = torch.full((8, 64), 2, dtype=torch.int8, device=device)
-        bits_kernel[(1,)](seed_t, out, keep, row0, 64, rng.threshold_arg(p), BLOCK_M=8,
-                          BLOCK_N=64)
+        _bits_kernel[(1,)](seed_t, out, keep, row0, 64, rng.threshold_arg(p), BLOCK_M=8,
+                           BLOCK_N=64)
         rows = torch.arange(row0, row0 + 8, dtype=torch.int64, device=device)[:, None]
         cols = torch.arange(64, dtype=torch.int64, device=device)[None, :]
         expected = _rng.dropout_bits(seed, rows, cols)
