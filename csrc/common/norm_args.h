@@ -12,6 +12,7 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 
+#include <limits>
 #include <optional>
 #include <tuple>
 
@@ -107,8 +108,13 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fwd_outputs(
   const auto opts = in.x.options();
   const auto f32 = opts.dtype(at::kFloat);
   at::Tensor h = store_h ? at::empty({in.m, in.n}, opts) : at::empty({0}, opts);
-  return {at::empty({in.m, in.n}, opts), h, at::empty({is_rms ? 0 : in.m}, f32),
-          at::empty({in.m}, f32)};
+  at::Tensor mean = at::empty({is_rms ? 0 : in.m}, f32);
+  at::Tensor rstd = at::empty({in.m}, f32);
+  if (in.n == 0) {  // statistics of empty rows, as torch gives them; no kernel runs
+    mean.fill_(std::numeric_limits<float>::quiet_NaN());
+    rstd.fill_(std::numeric_limits<float>::quiet_NaN());
+  }
+  return {at::empty({in.m, in.n}, opts), h, mean, rstd};
 }
 
 // Inputs of norm_bwd_native after checks; optional tensors are undefined
