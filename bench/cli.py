@@ -117,7 +117,9 @@ def environment(device) -> dict:
            "commit": _git_commit(), "python": platform.python_version(),
            "torch": torch.__version__, "torch_cuda": torch.version.cuda,
            "triton": triton_version, "numpy": numpy.__version__,
-           "cpu": _cpu_name(), "cpu_threads": torch.get_num_threads(), "gpu": None}
+           "cpu": _cpu_name(), "cpu_threads": torch.get_num_threads(),
+           # other processes' load skews CPU timings; recorded to judge them
+           "load_average": [round(x, 2) for x in os.getloadavg()], "gpu": None}
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         env.update(gpu=props.name, gpu_memory_GiB=round(props.total_memory / 2**30, 1),

@@ -95,8 +95,9 @@ def _fmt(value, spec: str) -> str:
 def _cells(r: dict) -> list[str]:
     if r["status"] != "ok":
         return [r["status"], "", "", "", "", r["message"].splitlines()[0][:70]]
-    return [_fmt(r["ms"], ".3f"), _fmt(r["throughput"], ".1f"),
-            _fmt(100 * r["ceiling_fraction"], ".0f") + "%", _fmt(r["peak_mib"], ".0f"),
+    fraction = r["ceiling_fraction"]
+    return [_fmt(r["ms"], ".3f"), _fmt(r["throughput"], ".3g"),
+            "" if fraction is None else f"{100 * fraction:.0f}%", _fmt(r["peak_mib"], ".0f"),
             _fmt(r.get("fastattn_x"), ".2f"), ""]
 
 
@@ -112,6 +113,8 @@ def _sections(rows: list[dict]):
 
 
 def _ceiling_text(unit: str, dtype: str, ceilings: dict) -> str:
+    if unit == "tokens/s":
+        return "none (whole models)"
     if unit == "GB/s":
         return f"copy {ceilings['copy_GBps']:.0f} GB/s"
     table = ceilings["matmul_TFLOPs"]

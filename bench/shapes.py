@@ -201,6 +201,10 @@ def label(s: dict) -> str:
     """Short human-readable name of a shape (table rows, progress bar)."""
     if s["op"] == "layernorm":
         return f"{s['norm']} {s['rows']}x{s['hidden']}"
+    if s["op"] == "model":
+        return (f"{s['model']} d={s['d']} layers={s['layers']} train B={s['batch']} "
+                f"src<={s['src_len']} tgt<={s['tgt_len']}; generate B={s['gen_batch']} "
+                f"x{s['gen_tokens']}")
     heads = f"H={s['Hq']}" if s["Hq"] == s["Hkv"] else f"Hq={s['Hq']} Hkv={s['Hkv']}"
     length = f"L={s['Lq']}" if s["Lq"] == s["Lk"] else f"Lq={s['Lq']} Lk={s['Lk']}"
     extra = (" causal" if s["causal"] else "") + (f" pad={round(s['pad'] * 100)}%" if s["pad"] else "")
