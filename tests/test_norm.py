@@ -83,6 +83,8 @@ CASES = [
     Case("layer_norm", (3, 4099), row_pad=3),
     Case("layer_norm", (2, 65536)),
     Case("layer_norm", (2, 3, 6, 7), norm_dims=2),
+    # More row blocks than backward programs: each program loops over rows.
+    Case("layer_norm", (10, 30, 40), row_pad=2),
     Case("rms_norm", (4, 1)),
     Case("rms_norm", (9, 7), weight=False),
     Case("rms_norm", (33, 129), row_pad=7),
@@ -102,6 +104,8 @@ CASES = [
     Case("add_rms_norm", (4, 129), weight=False, prenorm=True),
     Case("add_rms_norm", (5, 1000), prenorm=True),
     Case("add_rms_norm", (2, 65536), prenorm=True),
+    Case("add_rms_norm", (257, 129), prenorm=True),
+    Case("add_layer_norm", (9, 20000), row_pad=5),
     Case("add_rms_norm", (2, 5, 4, 6), norm_dims=2),
 ]
 
@@ -285,9 +289,9 @@ GRADCHECK_CASES = [
     Case("layer_norm", (3, 7)),
     Case("layer_norm", (2, 3, 4), norm_dims=2, weight=False),
     Case("rms_norm", (4, 5), row_pad=2),
-    Case("add_layer_norm", (3, 6), prenorm=True),
-    Case("add_layer_norm", (3, 5), prenorm=True, dropout_p=0.3),
-    Case("add_rms_norm", (4, 7), prenorm=True, dropout_p=0.2),
+    Case("add_layer_norm", (2, 6), prenorm=True),
+    Case("add_layer_norm", (2, 5), prenorm=True, dropout_p=0.3),
+    Case("add_rms_norm", (3, 4), prenorm=True, dropout_p=0.2),
     Case("add_rms_norm", (2, 9)),
 ]
 
