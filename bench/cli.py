@@ -171,6 +171,14 @@ def main(argv=None) -> int:
     ops = OPS if args.op == "all" else (args.op,)
     modes = _list(args.modes)
 
+    try:
+        user_shapes = shapes.load(args.shapes) if args.shapes else None
+    except (OSError, ValueError) as exc:  # json.JSONDecodeError is a ValueError
+        print(f"fastattn-bench: --shapes {args.shapes}: {exc}", file=sys.stderr)
+        return 2
+    if user_shapes is not None:
+        ops = tuple(op for op in ops if any(s["op"] == op for s in user_shapes))
+
     env = environment(device)
     where = _slug(env["gpu"] or "cpu")
     out_dir = args.out or os.path.join(
@@ -185,7 +193,6 @@ def main(argv=None) -> int:
           + ", ".join(f"{k} {v:.2f} TFLOP/s" for k, v in ceils["matmul_TFLOPs"].items()),
           file=sys.stderr)
 
-    user_shapes = shapes.load(args.shapes) if args.shapes else None
     progress = report.Progress()
     start = time.monotonic()
     deadline_total = start + 60 * args.max_minutes if args.max_minutes else float("inf")

@@ -96,7 +96,8 @@ def _cells(r: dict) -> list[str]:
     if r["status"] != "ok":
         return [r["status"], "", "", "", "", r["message"].splitlines()[0][:70]]
     fraction = r["ceiling_fraction"]
-    return [_fmt(r["ms"], ".3f"), _fmt(r["throughput"], ".3g"),
+    value = r["throughput"]
+    return [_fmt(r["ms"], ".3f"), _fmt(value, ".0f" if value and value >= 100 else ".3g"),
             "" if fraction is None else f"{100 * fraction:.0f}%", _fmt(r["peak_mib"], ".0f"),
             _fmt(r.get("fastattn_x"), ".2f"), ""]
 
@@ -119,7 +120,7 @@ def _ceiling_text(unit: str, dtype: str, ceilings: dict) -> str:
         return f"copy {ceilings['copy_GBps']:.0f} GB/s"
     table = ceilings["matmul_TFLOPs"]
     name = dtype if dtype in table else next(iter(table))
-    return f"{name} matmul {table[name]:.1f} TFLOP/s"
+    return f"{name} matmul {table[name]:.3g} TFLOP/s"
 
 
 def terminal_table(rows: list[dict], ceilings: dict) -> str:
@@ -145,7 +146,7 @@ def markdown(rows: list[dict], env: dict, ceilings: dict, notes: list[str]) -> s
              f"{env.get('gpu') or env.get('cpu')}, torch {env['torch']}, triton {env['triton']}, "
              f"commit {env['commit']}, {env['date']}", "",
              f"Ceilings measured in this run: copy {ceilings['copy_GBps']:.0f} GB/s; "
-             + ", ".join(f"{k} matmul {v:.1f} TFLOP/s" for k, v in ceilings["matmul_TFLOPs"].items()),
+             + ", ".join(f"{k} matmul {v:.3g} TFLOP/s" for k, v in ceilings["matmul_TFLOPs"].items()),
              "", "`fastattn x`: this implementation's time over fastattn's fastest backend "
              "(above 1: fastattn is faster).", ""]
     for (op, dtype, unit), section in _sections(rows):
