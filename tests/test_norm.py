@@ -20,7 +20,7 @@ from hypothesis import given, settings, strategies as st
 import fastattn
 from fastattn import _rng, reference
 
-from helpers import HAS_CUDA, INTERPRET, assert_close, backend_params, poison_
+from helpers import HAS_CUDA, INTERPRET, assert_close, backend_params
 
 
 def _runnable(params):
