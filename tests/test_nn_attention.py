@@ -8,7 +8,7 @@ import torch
 import fastattn
 from helpers import FastattnOpCounter, assert_close, backend_params
 
-E, H = 32, 4
+E, H = 64, 4
 BACKENDS = backend_params("attention", devices=("cpu",))
 
 
@@ -38,14 +38,15 @@ def _right_padding(n, s):
 
 
 def _run(module, q, k, v, dtype=None, **kw):
-    cast = (lambda t: t.detach().to(dtype).requires_grad_()) if dtype else (lambda t: t)
+    def cast(t):  # a fresh leaf per run, so gradients never accumulate across runs
+        return t.detach().to(dtype or t.dtype).requires_grad_()
     same = q is k and k is v
     q2 = cast(q)
     k2, v2 = (q2, q2) if same else (cast(k), cast(v))
     kw = {key: (val.to(dtype) if dtype and torch.is_tensor(val) and val.is_floating_point()
                 else val) for key, val in kw.items()}
     out, weights = module(q2, k2, v2, **kw)
-    grad = torch.randn_like(out, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grad = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     out.backward(grad.to(out.dtype))
     grads = [t.grad for t in ((q2,) if same else (q2, k2, v2))]
     grads += [p.grad for p in module.parameters()]

@@ -10,6 +10,7 @@ from torch import Tensor
 
 
 def _trailing_valid_lengths(key_padding_mask: Tensor) -> Tensor:
+    # key_padding_mask: bool, True = key ignored
     """Per batch row, 1 + the index of the last key that may be attended.
 
     Keys beyond it are all padding, so the kernels skip their tiles; the mask
@@ -117,52 +118,51 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         h, d = self.num_heads, self.head_dim
         q, k, v = self._project(query, key, value)
 
+        # torch's is_causal hint (without a key padding mask) replaces
+        # attn_mask by a top-left causal mask over all keys, bias_k and the
+        # zero key included; anything else goes through the general mask path.
+        causal_hint = is_causal and key_padding_mask is None
         mask = None
-        if attn_mask is not None:
+        if attn_mask is not None and not causal_hint:
             mask = _as_allow_mask(attn_mask, q.dtype)
             if mask.dim() == 3:  # (N * H, L, S)
                 mask = mask.view(n, h, mask.shape[-2], mask.shape[-1])
-        kpm = None
-        if key_padding_mask is not None:
-            kpm = key_padding_mask
-            if kpm.dtype != torch.bool:
-                if not kpm.is_floating_point():
-                    raise TypeError("key_padding_mask must be bool or floating point, "
-                                    f"got {kpm.dtype}")
-                kpm = kpm.to(q.dtype)
+        kpm = key_padding_mask
+        if kpm is not None and kpm.dtype != torch.bool:
+            if not kpm.is_floating_point():
+                raise TypeError(f"key_padding_mask must be bool or floating point, got {kpm.dtype}")
+            kpm = kpm.to(q.dtype)
 
+        extra_keys = []
         if self.bias_k is not None:
-            k = torch.cat([k, self.bias_k.expand(n, 1, -1)], dim=1)
-            v = torch.cat([v, self.bias_v.expand(n, 1, -1)], dim=1)
-            mask = F.pad(mask, (0, 1)) if mask is not None else None
-            kpm = F.pad(kpm, (0, 1)) if kpm is not None else None
+            extra_keys.append((self.bias_k.expand(n, 1, -1), self.bias_v.expand(n, 1, -1)))
         if self.add_zero_attn:
-            k = torch.cat([k, k.new_zeros(n, 1, k.shape[-1])], dim=1)
-            v = torch.cat([v, v.new_zeros(n, 1, v.shape[-1])], dim=1)
-            mask = F.pad(mask, (0, 1)) if mask is not None else None
+            extra_keys.append((k.new_zeros(n, 1, k.shape[-1]), v.new_zeros(n, 1, v.shape[-1])))
+        for extra_k, extra_v in extra_keys:
+            # the appended key may be attended by every query, as in torch
+            k, v = torch.cat([k, extra_k], dim=1), torch.cat([v, extra_v], dim=1)
+            mask = _pad_allowed(mask)
             kpm = F.pad(kpm, (0, 1)) if kpm is not None else None
         s = k.shape[1]
 
+        causal = False
+        if causal_hint:
+            if s == lq:
+                causal = True
+            else:
+                mask = torch.ones(lq, s, dtype=torch.bool, device=q.device).tril()
+
         kv_lengths = None
         if kpm is not None:
-            if kpm.dtype == torch.bool:
-                kv_lengths = _trailing_valid_lengths(kpm)
-                kpm_allow = (~kpm).view(n, 1, 1, s)
-            else:
-                kpm_allow = kpm.view(n, 1, 1, s)
+            valid = ~kpm if kpm.dtype == torch.bool else kpm != float("-inf")
+            kv_lengths = _trailing_valid_lengths(~valid)
+            kpm_allow = (~kpm if kpm.dtype == torch.bool else kpm).view(n, 1, 1, s)
             if mask is None:
                 mask = kpm_allow
             elif mask.dtype == torch.bool and kpm_allow.dtype == torch.bool:
                 mask = mask & kpm_allow
             else:
                 mask = _to_additive(mask, q.dtype) + _to_additive(kpm_allow, q.dtype)
-
-        # torch's hint: attn_mask is the causal mask. Use the kernel's causal
-        # path (and drop the mask) when nothing else is folded into it.
-        causal = False
-        if is_causal and attn_mask is not None and lq == s and kpm is None \
-                and self.bias_k is None and not self.add_zero_attn:
-            causal, mask = True, None
 
         # (N, L, E) -> (N, H, L, D): views with stride 1 in the last dim.
         q4 = q.view(n, lq, h, d).transpose(1, 2)
@@ -176,6 +176,13 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
         if unbatched:
             return out.squeeze(0)
         return out if self.batch_first else out.transpose(0, 1)
+
+
+def _pad_allowed(mask: Optional[Tensor]) -> Optional[Tensor]:
+    """Append one key column that every query may attend."""
+    if mask is None:
+        return None
+    return F.pad(mask, (0, 1), value=True if mask.dtype == torch.bool else 0.0)
 
 
 def _to_additive(mask: Tensor, dtype: torch.dtype) -> Tensor:

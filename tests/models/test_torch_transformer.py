@@ -9,7 +9,7 @@ import fastattn
 from helpers import FastattnOpCounter, assert_close, backend_params
 
 BACKENDS = backend_params("attention", devices=("cpu",))
-D_MODEL, NHEAD = 32, 4
+D_MODEL, NHEAD = 64, 4
 
 
 def _model(batch_first, norm_first):
