@@ -182,4 +182,4 @@ def run(op: str, shape_list: list[dict], wanted_backends, wanted_peers,
             gate=_gate(s), modes=tuple(m for m in work if m in ctx.modes)))
     cases = [c for c in cases if c.modes]
     ctx.progress.add_total(sum(len(c.modes) for c in cases) * len(impls))
-    return run_cases(op, cases, impls, ctx)
+    return run_cases(op, [(c, impls) for c in cases], ctx)

@@ -47,9 +47,8 @@ def _make_inputs(s: dict, device: torch.device, dtype: torch.dtype, seed: int) -
             "bias": None if is_rms else randn(N, scale=0.1), "eps": EPS}
 
 
-def _fastattn_impl(s: dict, backend: str) -> Impl:
+def _fastattn_impl(norm: str, backend: str) -> Impl:
     import fastattn
-    norm = s["norm"]
 
     def run(inp):
         x, res, w, b = inp["x"], inp["residual"], inp["weight"], inp["bias"]
@@ -134,21 +133,19 @@ def run(shape_list: list[dict], wanted_backends, wanted_peers, ctx: Context) -> 
     if not chosen:
         ctx.notes.add("layernorm: no fastattn backend can be timed here; part skipped")
         return []
-    rows = []
     # Shapes of one norm kind share their implementations (and compiled peers).
+    impls = {}
     for norm in dict.fromkeys(s["norm"] for s in shape_list):
-        group = [s for s in shape_list if s["norm"] == norm]
         is_add, is_rms = norm.startswith("add_"), norm.endswith("rms_norm")
-        impls = [_fastattn_impl(group[0], b) for b in chosen]
-        impls += peers.norm_peers(wanted_peers, ctx.device, is_rms, is_add, ctx.notes)
-        cases = []
-        for s in group:
-            cases.append(Case(
-                shape=s,
-                make_inputs=lambda seed, s=s: _make_inputs(s, ctx.device, ctx.dtype, seed),
-                grad_names=_grad_names(s), work=_bytes(s, e), unit="GB/s",
-                set_bytes=(2 if is_add else 1) * s["rows"] * s["hidden"] * e,
-                gate=_gate(s), modes=tuple(m for m in MODES if m in ctx.modes)))
-        ctx.progress.add_total(sum(len(c.modes) for c in cases) * len(impls))
-        rows += run_cases("layernorm", cases, impls, ctx)
-    return rows
+        impls[norm] = [_fastattn_impl(norm, b) for b in chosen]
+        impls[norm] += peers.norm_peers(wanted_peers, ctx.device, is_rms, is_add, ctx.notes)
+    cases = []
+    for s in shape_list:
+        case = Case(
+            shape=s, make_inputs=lambda seed, s=s: _make_inputs(s, ctx.device, ctx.dtype, seed),
+            grad_names=_grad_names(s), work=_bytes(s, e), unit="GB/s",
+            set_bytes=(2 if s["norm"].startswith("add_") else 1) * s["rows"] * s["hidden"] * e,
+            gate=_gate(s), modes=tuple(m for m in MODES if m in ctx.modes))
+        cases.append((case, impls[s["norm"]]))
+    ctx.progress.add_total(sum(len(c.modes) * len(i) for c, i in cases))
+    return run_cases("layernorm", cases, ctx)

@@ -209,7 +209,7 @@ def _sdpa_impl(name: str, backend) -> Impl:
 
 def _flex_impl(device: torch.device) -> Impl:
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-    compiled = torch.compile(flex_attention, dynamic=False)
+    compiled = torch.compile(flex_attention)
 
     def prepare(inp):
         q, k = inp["q"], inp["k"]

@@ -98,7 +98,8 @@ def _cells(r: dict) -> list[str]:
     fraction = r["ceiling_fraction"]
     value = r["throughput"]
     return [_fmt(r["ms"], ".3f"), _fmt(value, ".0f" if value and value >= 100 else ".3g"),
-            "" if fraction is None else f"{100 * fraction:.0f}%", _fmt(r["peak_mib"], ".0f"),
+            "" if fraction is None else f"{100 * fraction:.0f}%",
+            "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",
             _fmt(r.get("fastattn_x"), ".2f"), ""]
 
 

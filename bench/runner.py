@@ -143,10 +143,12 @@ def run_case(case: Case, impls: list[Impl], ctx: Context) -> list[dict]:
     return rows
 
 
-def run_cases(op: str, cases: list[Case], impls: list[Impl], ctx: Context) -> list[dict]:
-    """Every case in order until ctx.deadline; notes how many were left out."""
+def run_cases(op: str, cases: list[tuple[Case, list[Impl]]], ctx: Context) -> list[dict]:
+    """Every (case, its implementations) in order until ctx.deadline; notes
+    how many were left out. Grids list whole families first, so a run cut
+    short by its budget still has complete curves."""
     rows = []
-    for n, case in enumerate(cases):
+    for n, (case, impls) in enumerate(cases):
         if time.monotonic() > ctx.deadline:
             ctx.notes.add(f"{op}: {len(cases) - n} of {len(cases)} shapes not run "
                           "(time budget, --max-minutes)")

@@ -52,9 +52,12 @@ def layernorm_grid(quick: bool, device_type: str) -> list[dict]:
         norms = ("layer_norm", "add_layer_norm") if quick else NORMS
     else:
         hiddens = (1024, 4096, 16384) if quick else (256, 512, 1024, 2048, 4096, 8192, 16384)
-        rows = (16384,) if quick else (4096, 16384, 65536)
+        rows = (16384,) if quick else (16384, 4096, 65536)
         norms = ("layer_norm", "rms_norm", "add_layer_norm") if quick else NORMS
-    return [_norm(n, m, h) for n in norms for m in rows for h in hiddens]
+    # Whole curves (one norm, one row count, every hidden size) one after
+    # another, the most telling row count first: a run cut short by its
+    # time budget keeps complete curves.
+    return [_norm(n, m, h) for m in rows for n in norms for h in hiddens]
 
 
 # ------------------------------------------------------------------ attention
