@@ -51,6 +51,7 @@ class Impl:
     fastattn: bool = False                      # gated against the reference, compared
     prepare: Optional[Callable[[dict], dict]] = None  # once per input set, not timed
     limit: Optional[Callable[[dict], str]] = None     # shape -> why not ("" = runs)
+    no_backward: str = ""                             # why it has no backward ("" = has one)
 
 
 def _importable(module: str) -> str:
@@ -229,9 +230,13 @@ def _flex_impl(device: torch.device) -> Impl:
         return dict(inp, block_mask=block_mask)
 
     def run(inp):
-        return compiled(inp["q"], inp["k"], inp["v"], block_mask=inp["block_mask"],
-                        scale=inp["scale"], enable_gqa=inp["q"].shape[1] != inp["k"].shape[1])
-    return Impl("flex", run, prepare=prepare)
+        q, k, v = inp["q"], inp["k"], inp["v"]
+        if not torch.is_grad_enabled():  # inference: FlexAttention checks requires_grad
+            q, k, v = q.detach(), k.detach(), v.detach()
+        return compiled(q, k, v, block_mask=inp["block_mask"], scale=inp["scale"],
+                        enable_gqa=q.shape[1] != k.shape[1])
+    no_backward = "FlexAttention has no backward on CPU" if device.type == "cpu" else ""
+    return Impl("flex", run, prepare=prepare, no_backward=no_backward)
 
 
 def _unpadded_only(s: dict) -> str:

@@ -128,6 +128,10 @@ def run_case(case: Case, impls: list[Impl], ctx: Context) -> list[dict]:
             ctx.progress.advance(len(case.modes))
             continue
         for mode in case.modes:
+            if mode != "fwd" and impl.no_backward:
+                rows.append(_row(case, impl, mode, ctx, "skipped", impl.no_backward))
+                ctx.progress.advance(1)
+                continue
             ctx.progress.step(f"{impl.name} {shapes.label(case.shape)} {mode}")
             try:
                 call = _timed_call(impl, mode, prepared, case, dys)
