@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import time
 from dataclasses import dataclass
 
 import torch
@@ -37,7 +38,7 @@ from .runner import Case, Context, _first_line, _row
 
 # Model timings: fewer, longer repetitions than the kernels'.
 MODEL_BUDGET = timing.Budget(warmup_s=0.0, measure_s=1.0, min_reps=3, max_reps=10)
-QUICK_CPU_BUDGET = timing.Budget(warmup_s=0.0, measure_s=0.3, min_reps=2, max_reps=5)
+QUICK_CPU_BUDGET = timing.Budget(warmup_s=0.0, measure_s=0.2, min_reps=2, max_reps=3)
 
 
 @dataclass
@@ -247,7 +248,10 @@ def run(quick: bool, wanted_peers, ctx: Context) -> list[dict]:
     ctx.notes.add(f"model: the swapped models run fastattn's auto backends on {dev.type}: "
                   f"attention {serving['attention']}, norms {serving['norm']}")
     rows = []
-    for name in names:
+    for n, name in enumerate(names):
+        if time.monotonic() > ctx.deadline:
+            ctx.notes.add(f"model: {', '.join(names[n:])} not run (time budget, --max-minutes)")
+            break
         s = sizes(name, quick, dev.type)
         try:
             variants, base = _variants(name, s, dev, wanted_peers, ctx.notes)

@@ -32,6 +32,7 @@ class Progress:
         self.start = time.monotonic()
         self.tty = stream.isatty()
         self._last_logged = -1.0
+        self._last_time = 0.0
 
     def add_total(self, n: int) -> None:
         self.total += n
@@ -55,8 +56,9 @@ class Progress:
             cols = shutil.get_terminal_size((100, 20)).columns
             self.stream.write("\r" + line[:cols - 1].ljust(cols - 1))
             self.stream.flush()
-        elif frac - self._last_logged >= 0.05:
-            self._last_logged = frac
+        elif abs(frac - self._last_logged) >= 0.05 or elapsed - self._last_time >= 15:
+            # a log line per 5% (the fraction drops when a part adds its total)
+            self._last_logged, self._last_time = frac, elapsed
             self.stream.write(line + "\n")
             self.stream.flush()
 
