@@ -106,11 +106,11 @@ def _gate(s: dict):
                 versions[kind] = (y.detach(), grads)
             checks = [("y", out[start:start + rows], versions["truth"][0],
                        versions["baseline"][0])]
-            for n in names:
+            for n in names if with_grad else ():
                 if n in sums:
                     sums[n][0] = sums[n][0] + versions["truth"][1][n]
                     sums[n][1] = sums[n][1] + versions["baseline"][1][n].double()
-                elif with_grad:
+                else:
                     checks.append((f"d{n}", got[n][start:start + rows],
                                    versions["truth"][1][n], versions["baseline"][1][n]))
             for name, actual, truth, base in checks:
