@@ -96,22 +96,13 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]
 # --------------------------------------------------------------- attention
 
 
-def _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale, seed=None):
-    """(out, lse) of API.md's attention, materializing the scores.
-
-    lse is float32 (float64 for float64 inputs). Dropout draws the mask the
-    kernels draw: row = (b * Hq + h) * Lq + i, col = j of fastattn._rng, and
-    scales kept probabilities by 1 / (1 - p); lse is taken before dropout.
-    """
-    ct = _compute_dtype(q.dtype)
+def attention_scores(q, k, causal, attn_mask, q_lengths, kv_lengths, scale, ct):
+    """The scaled scores (B, Hq, Lq, Lk) in dtype `ct`, bias added, -inf
+    wherever API.md's rules forbid query i to attend key j."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
-    if scale is None:
-        scale = D ** -0.5
-    qc = q.to(ct)
     kc = k.to(ct).repeat_interleave(Hq // Hkv, dim=1)
-    vc = v.to(ct).repeat_interleave(Hq // Hkv, dim=1)
-    s = torch.matmul(qc, kc.transpose(-1, -2)) * scale
+    s = torch.matmul(q.to(ct), kc.transpose(-1, -2)) * scale
 
     dev = q.device
     i = torch.arange(Lq, device=dev).view(1, Lq, 1)
@@ -129,7 +120,27 @@ def _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, sca
             allowed = allowed & attn_mask
         else:
             s = s + attn_mask.to(ct)
-    s = s.masked_fill(~allowed, float("-inf"))
+    return s.masked_fill(~allowed, float("-inf"))
+
+
+def _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale, seed=None,
+               compute_dtype=None):
+    """(out, lse) of API.md's attention, materializing the scores.
+
+    lse is float32 (float64 for float64 inputs). Dropout draws the mask the
+    kernels draw: row = (b * Hq + h) * Lq + i, col = j of fastattn._rng, and
+    scales kept probabilities by 1 / (1 - p); lse is taken before dropout.
+    `compute_dtype` overrides the float32/float64 arithmetic (tests use the
+    input's own low precision as "plain PyTorch" baseline).
+    """
+    ct = compute_dtype or _compute_dtype(q.dtype)
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    if scale is None:
+        scale = D ** -0.5
+    dev = q.device
+    vc = v.to(ct).repeat_interleave(Hq // Hkv, dim=1)
+    s = attention_scores(q, k, causal, attn_mask, q_lengths, kv_lengths, scale, ct)
 
     # A row with nothing to attend is all -inf: give it out 0, lse -inf and
     # zero gradients. Computing softmax/logsumexp on such a row would give

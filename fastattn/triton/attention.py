@@ -35,10 +35,13 @@ from . import attention_fwd as fwd
 # Under the interpreter: small tiles (several tiles per test sequence, so the
 # tile-boundary logic is exercised) but not so small that Python overhead
 # per tile dominates. BLOCK_M != BLOCK_N on purpose, to catch mixed-up bounds.
-_INTERPRET_FWD = dict(BLOCK_M=32, BLOCK_N=16)
-_INTERPRET_BWD_KV = dict(BLOCK_M=16, BLOCK_N=32)
-_INTERPRET_BWD_Q = dict(BLOCK_M=32, BLOCK_N=16)
-_INTERPRET_PRE = dict(BLOCK_M=32)
+_INTERPRET_TILES = {
+    "fwd": dict(BLOCK_M=32, BLOCK_N=16),
+    "bwd_kv": dict(BLOCK_M=16, BLOCK_N=32),
+    "bwd_q": dict(BLOCK_M=32, BLOCK_N=16),
+}
+# Rows per program of the delta preprocess kernel.
+_PRE_BLOCK_M = 32
 
 
 def _cfg(bm, bn, warps, stages):
@@ -94,25 +97,27 @@ def _fits_smem(configs, named_args, **kwargs):
 _AUTOTUNE_KEY = ["BLOCK_D", "CAUSAL", "MASK_KIND", "LEN_BUCKET"]
 
 
+_KERNELS = {"fwd": fwd.attention_fwd_kernel, "bwd_kv": bwd.attention_bwd_dkdv_kernel,
+            "bwd_q": bwd.attention_bwd_dq_kernel}
+_CONFIG_INDEX = {"fwd": 0, "bwd_kv": 1, "bwd_q": 2}
+
+
 @functools.lru_cache(maxsize=None)
 def _tuned(kernel_name: str, generation: str):
     """The autotuned wrapper of one kernel for one GPU generation (cached,
     and so is the config each wrapper picks per key)."""
-    index = {"fwd": 0, "bwd_kv": 1, "bwd_q": 2}[kernel_name]
-    kernel = {"fwd": fwd.attention_fwd_kernel, "bwd_kv": bwd.attention_bwd_dkdv_kernel,
-              "bwd_q": bwd.attention_bwd_dq_kernel}[kernel_name]
-    return triton.autotune(configs=_GPU_CONFIGS[generation][index], key=_AUTOTUNE_KEY,
-                           prune_configs_by={"early_config_prune": _fits_smem})(kernel)
+    configs = _GPU_CONFIGS[generation][_CONFIG_INDEX[kernel_name]]
+    return triton.autotune(configs=configs, key=_AUTOTUNE_KEY,
+                           prune_configs_by={"early_config_prune": _fits_smem})(
+                               _KERNELS[kernel_name])
 
 
-def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, interpret_cfg: dict, device):
+def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, device):
     """Run a kernel: fixed tiles under the interpreter, autotuned on a GPU.
     `grid_of(BLOCK_M, BLOCK_N)` gives the launch grid for a config."""
     if triton_interpret() or device.type != "cuda":
-        kernel = {"fwd": fwd.attention_fwd_kernel, "bwd_kv": bwd.attention_bwd_dkdv_kernel,
-                  "bwd_q": bwd.attention_bwd_dq_kernel}[kernel_name]
-        grid = grid_of(interpret_cfg["BLOCK_M"], interpret_cfg["BLOCK_N"])
-        kernel[grid](*args, **meta, **interpret_cfg)
+        tiles = _INTERPRET_TILES[kernel_name]
+        _KERNELS[kernel_name][grid_of(tiles["BLOCK_M"], tiles["BLOCK_N"])](*args, **meta, **tiles)
         return
     tuned = _tuned(kernel_name, _generation(device.index or 0))
     tuned[lambda m: grid_of(m["BLOCK_M"], m["BLOCK_N"])](*args, **meta)
@@ -125,10 +130,12 @@ def _kernel_meta(q: torch.Tensor, causal: bool, mask: Optional[torch.Tensor],
                  q_lengths, kv_lengths) -> dict:
     """Compile-time parameters shared by the kernels."""
     D = q.shape[-1]
-    if q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
-        precision = "tf32"  # follow PyTorch's own float32 matmul setting
+    if q.dtype in (torch.float32, torch.float64):
+        # float32 follows PyTorch's own matmul setting (exact unless TF32 is allowed)
+        tf32 = q.dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
+        precision = "tf32" if tf32 else "ieee"
     else:
-        precision = "ieee"
+        precision = "tf32"  # Triton's default; 16-bit operands use the 16-bit MMA either way
     if mask is None:
         kind = fwd.MASK_NONE
     elif mask.dtype == torch.bool:
@@ -182,8 +189,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             out.stride(0), out.stride(1), out.stride(2),
             *m_strides,
             Hq, Hq // Hkv, Lq, Lk, D, scale * fwd.LOG2E.value, _len_bucket(Lq, Lk))
-    _launch("fwd", lambda bm, bn: (triton.cdiv(Lq, bm), B * Hq), args, meta,
-            _INTERPRET_FWD, q.device)
+    _launch("fwd", lambda bm, bn: (triton.cdiv(Lq, bm), B * Hq), args, meta, q.device)
     return out, lse
 
 
@@ -224,13 +230,13 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
     dlse = dlse.contiguous() if has_dlse else lse
 
     delta = torch.empty((B, Hq, Lq), dtype=acc_dtype, device=q.device)
-    block = _INTERPRET_PRE["BLOCK_M"] if triton_interpret() else 64
-    bwd.attention_bwd_preprocess_kernel[(triton.cdiv(Lq, block), B * Hq)](
+    bwd.attention_bwd_preprocess_kernel[(triton.cdiv(Lq, _PRE_BLOCK_M), B * Hq)](
         out, dout, dlse, delta,
         out.stride(0), out.stride(1), out.stride(2),
         dout.stride(0), dout.stride(1), dout.stride(2),
         Hq, Lq, D,
-        BLOCK_D=meta["BLOCK_D"], HAS_DLSE=has_dlse, ACC_DTYPE=meta["ACC_DTYPE"], BLOCK_M=block)
+        BLOCK_D=meta["BLOCK_D"], HAS_DLSE=has_dlse, ACC_DTYPE=meta["ACC_DTYPE"],
+        BLOCK_M=_PRE_BLOCK_M)
 
     common_strides = (q.stride(0), q.stride(1), q.stride(2),
                       k.stride(0), k.stride(1), k.stride(2),
@@ -243,14 +249,13 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
             dk.stride(0), dk.stride(1), dk.stride(2),
             dv.stride(0), dv.stride(1), dv.stride(2),
             *m_strides, Hkv, Hq // Hkv, Lq, Lk, D, qk_scale, scale, bucket)
-    _launch("bwd_kv", lambda bm, bn: (triton.cdiv(Lk, bn), B * Hkv), args, meta,
-            _INTERPRET_BWD_KV, q.device)
+    _launch("bwd_kv", lambda bm, bn: (triton.cdiv(Lk, bn), B * Hkv), args, meta, q.device)
 
     args = (q, k, v, dout, lse, delta, dq, dbias if want_dbias else q, m, ql, kvl,
             *common_strides, dq.stride(0), dq.stride(1), dq.stride(2),
             *m_strides, Hq, Hq // Hkv, Lq, Lk, D, qk_scale, scale, bucket)
     _launch("bwd_q", lambda bm, bn: (triton.cdiv(Lq, bm), B * Hq), args,
-            dict(meta, STORE_DBIAS=want_dbias), _INTERPRET_BWD_Q, q.device)
+            dict(meta, STORE_DBIAS=want_dbias), q.device)
     return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
 
 
