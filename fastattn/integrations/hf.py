@@ -40,6 +40,7 @@ would silently be ignored.
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Optional
 
@@ -61,13 +62,13 @@ _registered = False
 
 
 def is_hf_model(model: torch.nn.Module) -> bool:
-    """Whether ``model`` is a transformers ``PreTrainedModel`` (False when
-    transformers is not installed)."""
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:
+    """Whether ``model`` is a transformers ``PreTrainedModel``. A model can
+    only be one once transformers is imported, so this never imports it
+    (which takes seconds) and is False when it is not installed."""
+    transformers = sys.modules.get("transformers")
+    if transformers is None:
         return False
-    return isinstance(model, PreTrainedModel)
+    return isinstance(model, transformers.PreTrainedModel)
 
 
 # ----------------------------------------------------------------- attention
