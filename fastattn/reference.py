@@ -159,6 +159,43 @@ def _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, sca
     return out.to(q.dtype), lse.to(torch.float64 if ct == torch.float64 else torch.float32)
 
 
+def _attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, causal,
+                   scale, dropout_p=0.0, seed=None, mask_grad=False, compute_dtype=None):
+    """(dq, dk, dv, dmask) by the formulas the kernels use, materialized:
+        p = exp(s - lse),   dp = dout v^T (times keep / (1 - p_drop) with dropout),
+        delta = rowsum(dout * out) - dlse,   ds = p (dp - delta),
+        dq = scale ds k,   dk = scale ds^T q,   dv = p_dropped^T dout,
+        dmask = ds summed to the mask's shape (None unless mask_grad).
+    Rows with lse = -inf get p = 0, hence zero gradients.
+    """
+    ct = compute_dtype or _compute_dtype(q.dtype)
+    B, Hq, Lq, D = q.shape
+    Hkv, Lk = k.shape[1], k.shape[2]
+    group = Hq // Hkv
+    s = attention_scores(q, k, causal, attn_mask, q_lengths, kv_lengths, scale, ct)
+    finite = torch.isfinite(lse)
+    p = torch.exp(s - torch.where(finite, lse.to(ct), float("inf"))[..., None])
+    do = dout.to(ct)
+    kr = k.to(ct).repeat_interleave(group, dim=1)
+    vr = v.to(ct).repeat_interleave(group, dim=1)
+    dp = torch.matmul(do, vr.transpose(-1, -2))
+    p_dropped = p
+    if dropout_p > 0:
+        keep = _rng.keep_mask(seed, B * Hq * Lq, Lk, dropout_p, q.device).view(B, Hq, Lq, Lk)
+        keep = keep.to(ct) / (1.0 - dropout_p)
+        p_dropped, dp = p * keep, dp * keep
+    delta = (do * out.to(ct)).sum(-1)
+    if dlse is not None:
+        delta = delta - torch.where(finite, dlse.to(ct), torch.zeros((), dtype=ct,
+                                                                     device=q.device))
+    ds = p * (dp - delta[..., None])
+    dq = scale * torch.matmul(ds, kr)
+    dk = (scale * torch.matmul(ds.transpose(-1, -2), q.to(ct))).view(B, Hkv, group, Lk, D)
+    dv = torch.matmul(p_dropped.transpose(-1, -2), do).view(B, Hkv, group, Lk, D)
+    dmask = ds.sum_to_size(attn_mask.shape).to(attn_mask.dtype) if mask_grad else None
+    return dq.to(q.dtype), dk.sum(2).to(k.dtype), dv.sum(2).to(v.dtype), dmask
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
               attn_mask: Optional[Tensor] = None, q_lengths: Optional[Tensor] = None,
               kv_lengths: Optional[Tensor] = None, dropout_p: float = 0.0,

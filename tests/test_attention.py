@@ -182,36 +182,21 @@ def fwd_bwd(fn, inputs: dict, dtype: torch.dtype, mask_grad: bool):
 
 def flash_formula_grads(inputs: dict, causal: bool, dtype: torch.dtype, mask_grad: bool):
     """Plain PyTorch in `dtype` computing the gradients by the formulas the
-    kernels use (attention_bwd.py), materialized:
-        p = exp(s - lse), delta = rowsum(dO * out) - dlse,
-        ds = p (dO v^T - delta), dq = scale ds k, dk = scale ds^T q, dv = p^T dO.
-    Forming delta from the output instead of sum(p * dp) (as autograd's
-    softmax backward does) cancels differently; this is PyTorch's own error
-    for that formulation, the fair baseline for fp32 gradients.
-    """
+    kernels use (reference._attention_bwd: delta = rowsum(dO * out) - dlse).
+    Forming delta from the output instead of sum(p * dp), as autograd's
+    softmax backward does, cancels differently; this is PyTorch's own error
+    for that formulation, the fair baseline for fp32 gradients."""
     t = {n: _as(x, dtype, False) for n, x in inputs.items()}
-    q, k, v, mask = t["q"], t["k"], t["v"], t["attn_mask"]
-    B, Hq, Lq, D = q.shape
-    Hkv, Lk, group = k.shape[1], k.shape[2], q.shape[1] // k.shape[1]
-    scale = D ** -0.5
+    args = (t["q"], t["k"], t["v"])
+    rest = (t["attn_mask"], t["q_lengths"], t["kv_lengths"])
+    scale = t["q"].shape[-1] ** -0.5
     with torch.no_grad():
-        out, lse = reference._attention(q, k, v, causal, mask, t["q_lengths"], t["kv_lengths"],
-                                        0.0, scale, compute_dtype=dtype)
+        out, lse = reference._attention(*args, causal, *rest, 0.0, scale, compute_dtype=dtype)
         dout, dlse = cotangents(out, lse)
-        finite = torch.isfinite(lse)
-        s = reference.attention_scores(q, k, causal, mask, t["q_lengths"], t["kv_lengths"],
-                                       scale, dtype)
-        lse = torch.where(finite, lse, float("inf")).to(dtype)
-        p = torch.exp(s - lse[..., None])
-        kr, vr = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
-        delta = (dout * out).sum(-1) - torch.where(finite, dlse, 0.0).to(dtype)
-        ds = p * (dout @ vr.transpose(-1, -2) - delta[..., None])
-        grads = dict(q=scale * ds @ kr,
-                     k=(scale * ds.transpose(-1, -2) @ q).view(B, Hkv, group, Lk, D).sum(2),
-                     v=(p.transpose(-1, -2) @ dout).view(B, Hkv, group, Lk, D).sum(2))
-        if mask_grad:
-            grads["attn_mask"] = ds.sum_to_size(mask.shape)
-    return grads
+        grads = reference._attention_bwd(dout, dlse, *args, out, lse, *rest, causal, scale,
+                                         mask_grad=mask_grad, compute_dtype=dtype)
+    names = ["q", "k", "v"] + (["attn_mask"] if mask_grad else [])
+    return dict(zip(names, grads))
 
 
 def kernel_fn(backend: str, causal: bool):
@@ -459,6 +444,34 @@ COMPILE_CASES = [
 @pytest.mark.parametrize("case", COMPILE_CASES, ids=str)
 def test_compiled(case, backend, device):
     check_case(case, backend, device, torch.float32, compile_backend="aot_eager")
+
+
+def _opcheck_params():
+    ref = [pytest.param("reference", "cpu", id="reference-cpu")]
+    return ref + list(BACKENDS)
+
+
+@pytest.mark.parametrize("backend,device", _opcheck_params())
+def test_opcheck(backend, device):
+    # Registration, fake implementations (shapes and strides) and autograd of
+    # both ops, for a view input, a bias that requires grad and lengths.
+    from fastattn.ops import attention as ops
+    B, L, H, D = 2, 9, 2, 16
+    x = torch.randn(B, L, 3 * H * D, device=device)
+    q, k, v = (t.view(B, L, H, D).transpose(1, 2) for t in x.split(H * D, dim=-1))
+    q = q.clone().requires_grad_()
+    k, v = k.contiguous().requires_grad_(), v.contiguous().requires_grad_()
+    bias = torch.randn(1, H, L, L, device=device, requires_grad=True)
+    lengths = torch.tensor([L, 5], device=device)
+    torch.library.opcheck(ops.attention_fwd, (q, k, v, bias, None, lengths, None, True, 0.25,
+                                              0.0, backend))
+    with torch.no_grad():
+        out, lse = ops.attention_fwd(q, k, v, bias, None, lengths, None, True, 0.25, 0.0,
+                                     backend)
+    torch.library.opcheck(ops.attention_bwd, (torch.randn_like(out), torch.randn_like(lse),
+                                              q.detach(), k.detach(), v.detach(), out, lse,
+                                              bias.detach(), None, lengths, None, True, 0.25,
+                                              0.0, True, backend))
 
 
 # ------------------------------------------------------------- property

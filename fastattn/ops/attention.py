@@ -86,32 +86,27 @@ def pick_backend(requested: str, q: Tensor, dropout_p: float) -> str:
     return "reference"
 
 
+def _like(t: Tensor, value: Tensor) -> Tensor:
+    """`value` in a new tensor with the layout the fake implementations
+    promise (torch.empty_like of `t`)."""
+    return torch.empty_like(t).copy_(value)
+
+
 def _reference_fwd(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p):
     from .. import reference
-    return reference._attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p,
-                                scale, seed)
+    out, lse = reference._attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths,
+                                    dropout_p, scale, seed)
+    return _like(q, out), lse.contiguous()
 
 
-def _reference_bwd(dout, dlse, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
-                   dropout_p, mask_grad):
-    """The op's backward for the reference backend: autograd through the
-    reference forward, recomputed."""
-    with torch.enable_grad():
-        ins = [t.detach().requires_grad_() for t in (q, k, v)]
-        mask = attn_mask
-        if mask_grad:
-            mask = attn_mask.detach().requires_grad_()
-            ins.append(mask)
-        out, lse = _reference_fwd(*ins[:3], mask, q_lengths, kv_lengths, seed, causal, scale,
-                                  dropout_p)
-        outs, grads = [out], [dout]
-        if dlse is not None:
-            outs.append(lse)
-            grads.append(dlse.to(lse.dtype))
-        got = torch.autograd.grad(outs, ins, grads, allow_unused=True)
-    got = [torch.zeros_like(t) if g is None else g for g, t in zip(got, ins)]
-    dmask = got[3] if mask_grad else q.new_empty((0,))
-    return got[0], got[1], got[2], dmask
+def _reference_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed,
+                   causal, scale, dropout_p, mask_grad):
+    from .. import reference
+    dq, dk, dv, dmask = reference._attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask,
+                                                 q_lengths, kv_lengths, causal, scale,
+                                                 dropout_p, seed, mask_grad)
+    dmask = _like(attn_mask, dmask) if mask_grad else q.new_empty((0,))
+    return _like(q, dq), _like(k, dk), _like(v, dv), dmask
 
 
 def _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p):
@@ -133,8 +128,8 @@ def _run_bwd(backend, dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_le
         return triton_attention.attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask,
                                               q_lengths, kv_lengths, causal, scale, mask_grad)
     if backend == "reference":
-        return _reference_bwd(dout, dlse, q, k, v, attn_mask, q_lengths, kv_lengths, seed,
-                              causal, scale, dropout_p, mask_grad)
+        return _reference_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths,
+                              seed, causal, scale, dropout_p, mask_grad)
     return torch.ops.fastattn.attention_bwd_native(dout, dlse, q, k, v, out, lse, attn_mask,
                                                    q_lengths, kv_lengths, seed, causal, scale,
                                                    dropout_p, mask_grad)
