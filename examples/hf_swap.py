@@ -33,7 +33,7 @@ def small_bart(device, dtype):
         vocab_size=512, d_model=64, encoder_layers=2, decoder_layers=2,
         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
         decoder_ffn_dim=128, max_position_embeddings=64, pad_token_id=1, bos_token_id=0,
-        eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None,
+        eos_token_id=2, decoder_start_token_id=0, forced_eos_token_id=None, init_std=0.2,
         attn_implementation="sdpa")
     return transformers.BartForConditionalGeneration(config).to(device, dtype).eval()
 
@@ -71,7 +71,7 @@ def main():
     print(f"max |logits difference| on a padded batch: {(a - b).abs().max().item():.3g} "
           f"(logits up to {a.abs().max().item():.3g})")
 
-    settings = dict(max_new_tokens=8, do_sample=False, num_beams=1)
+    settings = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, num_beams=1)
     tokens_a = original.generate(input_ids=ids, attention_mask=mask, **settings)
     tokens_b = swapped.generate(input_ids=ids, attention_mask=mask, **settings)
     print("greedy generation, original:", tokens_a.tolist())
