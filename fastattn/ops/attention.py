@@ -386,9 +386,9 @@ def _sdpa_unsupported(query, key, value, attn_mask, dropout_p, is_causal, scale,
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not (
             0.0 <= dropout_p < 1.0):
         return "dropout_p is not a float in [0, 1)"
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
-        return "scale is not a float"
-    chosen = "reference"
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
+                              or not math.isfinite(scale)):
+        return "scale is not a finite float"
     try:
         chosen = pick_backend("auto", query, float(dropout_p))
     except ValueError as exc:  # FASTATTN_BACKEND names a backend that cannot serve it

@@ -189,7 +189,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
             out.stride(0), out.stride(1), out.stride(2),
             *m_strides,
             Hq, Hq // Hkv, Lq, Lk, D, scale * fwd.LOG2E.value, _len_bucket(Lq, Lk))
-    _launch("fwd", lambda bm, bn: (triton.cdiv(Lq, bm), B * Hq), args, meta, q.device)
+    _launch("fwd", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args, meta, q.device)
     return out, lse
 
 
@@ -230,7 +230,7 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
     dlse = dlse.contiguous() if has_dlse else lse
 
     delta = torch.empty((B, Hq, Lq), dtype=acc_dtype, device=q.device)
-    bwd.attention_bwd_preprocess_kernel[(triton.cdiv(Lq, _PRE_BLOCK_M), B * Hq)](
+    bwd.attention_bwd_preprocess_kernel[(triton.cdiv(Lq, _PRE_BLOCK_M), Hq, B)](
         out, dout, dlse, delta,
         out.stride(0), out.stride(1), out.stride(2),
         dout.stride(0), dout.stride(1), dout.stride(2),
@@ -249,12 +249,12 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
             dk.stride(0), dk.stride(1), dk.stride(2),
             dv.stride(0), dv.stride(1), dv.stride(2),
             *m_strides, Hkv, Hq // Hkv, Lq, Lk, D, qk_scale, scale, bucket)
-    _launch("bwd_kv", lambda bm, bn: (triton.cdiv(Lk, bn), B * Hkv), args, meta, q.device)
+    _launch("bwd_kv", lambda bm, bn: (triton.cdiv(Lk, bn), Hkv, B), args, meta, q.device)
 
     args = (q, k, v, dout, lse, delta, dq, dbias if want_dbias else q, m, ql, kvl,
             *common_strides, dq.stride(0), dq.stride(1), dq.stride(2),
             *m_strides, Hq, Hq // Hkv, Lq, Lk, D, qk_scale, scale, bucket)
-    _launch("bwd_q", lambda bm, bn: (triton.cdiv(Lq, bm), B * Hq), args,
+    _launch("bwd_q", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args,
             dict(meta, STORE_DBIAS=want_dbias), q.device)
     return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
 

@@ -53,9 +53,9 @@ def attention_bwd_preprocess_kernel(
     BLOCK_M: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H_Q).to(tl.int64)
-    h = (pid_bh % H_Q).to(tl.int64)
+    h = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    pid_bh = b * H_Q + h
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     ok = (offs_m[:, None] < LQ) & (offs_d[None, :] < HEAD_DIM)
@@ -64,7 +64,7 @@ def attention_bwd_preprocess_kernel(
     do = tl.load(DOut + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm
                  + offs_d[None, :], mask=ok, other=0.0).to(ACC_DTYPE)
     delta = tl.sum(o * do, 1)
-    row = pid_bh.to(tl.int64) * LQ + offs_m
+    row = pid_bh * LQ + offs_m
     if HAS_DLSE:
         delta -= tl.load(DLse + row, mask=offs_m < LQ, other=0.0).to(ACC_DTYPE)
     tl.store(Delta + row, delta, mask=offs_m < LQ)
@@ -109,9 +109,8 @@ def attention_bwd_dkdv_kernel(
     BLOCK_N: tl.constexpr,  # key tile owned by this program
 ):
     pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H_KV).to(tl.int64)
-    hk = (pid_bh % H_KV).to(tl.int64)
+    hk = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
     q_len, kv_len = _lengths(QLens, KVLens, b, LQ, LK, HAS_QLENS, HAS_KVLENS)
     diag = kv_len - q_len
 
@@ -210,11 +209,11 @@ def attention_bwd_dq_kernel(
     pid_m = tl.program_id(0)
     if CAUSAL:
         pid_m = tl.num_programs(0) - 1 - pid_m
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H_Q).to(tl.int64)
-    h = pid_bh % H_Q
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
     hk = (h // GROUP).to(tl.int64)
     h = h.to(tl.int64)
+    pid_bh = b * H_Q + h
     q_len, kv_len = _lengths(QLens, KVLens, b, LQ, LK, HAS_QLENS, HAS_KVLENS)
     diag = kv_len - q_len
 
@@ -228,7 +227,7 @@ def attention_bwd_dq_kernel(
                 mask=row_mask, other=0.0)
     do = tl.load(DOut + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm
                  + offs_d[None, :], mask=row_mask, other=0.0)
-    row = pid_bh.to(tl.int64) * LQ + offs_m
+    row = pid_bh * LQ + offs_m
     lse = tl.load(Lse + row, mask=m_ok, other=float("-inf")).to(ACC_DTYPE)
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
     delta = tl.load(Delta + row, mask=m_ok, other=0.0)
@@ -244,7 +243,7 @@ def attention_bwd_dq_kernel(
     k_base = K + b * stride_kb + hk * stride_kh
     v_base = V + b * stride_vb + hk * stride_vh
     mask_base = Mask + b * stride_mb + h * stride_mh
-    dbias_base = DBias + pid_bh.to(tl.int64) * LQ * LK
+    dbias_base = DBias + pid_bh * LQ * LK
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)

@@ -126,11 +126,13 @@ def attention_fwd_kernel(
     if CAUSAL:
         # Blocks further down the diagonal do more work: start them first.
         pid_m = tl.num_programs(0) - 1 - pid_m
-    pid_bh = tl.program_id(1)
-    b = (pid_bh // H_Q).to(tl.int64)
-    h = pid_bh % H_Q
+    # Grid (query tiles, Hq, B): heads and batch on their own axes, so that
+    # neither is bound by the 65535 limit of a grid's y/z dims alone.
+    h = tl.program_id(1)
+    b = tl.program_id(2).to(tl.int64)
     hk = (h // GROUP).to(tl.int64)
     h = h.to(tl.int64)
+    pid_bh = b * H_Q + h  # row of (b, h) in Lse
 
     q_len = LQ
     kv_len = LK
@@ -183,4 +185,4 @@ def attention_fwd_kernel(
     in_rows = offs_m < LQ
     tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=in_rows[:, None] & d_ok[None, :])
-    tl.store(Lse + pid_bh.to(tl.int64) * LQ + offs_m, lse.to(Lse.dtype.element_ty), mask=in_rows)
+    tl.store(Lse + pid_bh * LQ + offs_m, lse.to(Lse.dtype.element_ty), mask=in_rows)
