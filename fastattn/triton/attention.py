@@ -48,19 +48,32 @@ def _cfg(bm, bn, warps, stages):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=warps, num_stages=stages)
 
 
-# (forward, backward dK/dV, backward dQ) candidates per GPU generation. In
-# the dK/dV kernel BLOCK_N is the key tile a program owns and BLOCK_M the
-# query tile it iterates over; in the others BLOCK_M is the owned query tile.
+# (forward, backward dK/dV, backward dQ) candidates per GPU generation for
+# 16-bit inputs, and one small set for float32 (its exact "ieee" tl.dot runs
+# on FMA units and needs far more registers per tile). In the dK/dV kernel
+# BLOCK_N is the key tile a program owns and BLOCK_M the query tile it
+# iterates over; in the others BLOCK_M is the owned query tile. _pruner
+# drops, per head dim, the configs that would spill or overflow shared memory.
 _GPU_CONFIGS = {
     "hopper": (
-        [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(128, 32, 8, 2)],
-        [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2), _cfg(32, 64, 4, 3), _cfg(16, 64, 4, 2)],
-        [_cfg(128, 32, 8, 3), _cfg(128, 64, 8, 2), _cfg(64, 32, 4, 3), _cfg(64, 16, 4, 2)],
+        [_cfg(128, 64, 8, 3), _cfg(128, 128, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 64, 8, 2),
+         _cfg(128, 32, 8, 2), _cfg(64, 32, 8, 2)],
+        [_cfg(32, 128, 8, 3), _cfg(64, 128, 8, 2), _cfg(32, 64, 8, 3), _cfg(32, 64, 4, 2),
+         _cfg(32, 32, 8, 2), _cfg(16, 32, 8, 2)],
+        [_cfg(128, 64, 8, 2), _cfg(128, 32, 8, 3), _cfg(64, 32, 4, 3), _cfg(64, 32, 8, 2),
+         _cfg(32, 32, 8, 2)],
     ),
     "ampere": (
-        [_cfg(128, 64, 4, 3), _cfg(64, 64, 4, 3), _cfg(128, 32, 4, 2), _cfg(64, 32, 4, 2)],
-        [_cfg(32, 128, 8, 2), _cfg(32, 64, 4, 3), _cfg(16, 64, 4, 2)],
-        [_cfg(128, 32, 8, 2), _cfg(64, 32, 4, 3), _cfg(64, 16, 4, 2)],
+        [_cfg(128, 64, 4, 3), _cfg(128, 64, 8, 3), _cfg(64, 64, 4, 3), _cfg(64, 64, 8, 2),
+         _cfg(128, 32, 8, 2), _cfg(64, 32, 8, 2)],
+        [_cfg(32, 64, 8, 3), _cfg(32, 64, 4, 2), _cfg(64, 128, 8, 2), _cfg(32, 32, 8, 2),
+         _cfg(16, 32, 8, 2)],
+        [_cfg(128, 32, 8, 2), _cfg(64, 32, 4, 3), _cfg(64, 32, 8, 2), _cfg(32, 32, 8, 2)],
+    ),
+    "float32": (
+        [_cfg(32, 32, 8, 2), _cfg(16, 32, 4, 2), _cfg(32, 16, 4, 2)],
+        [_cfg(16, 16, 4, 1), _cfg(16, 32, 8, 2), _cfg(16, 32, 4, 2)],
+        [_cfg(32, 16, 4, 2), _cfg(16, 16, 4, 2), _cfg(32, 32, 4, 2)],
     ),
 }
 
@@ -77,21 +90,46 @@ def _smem_limit(device_index: int) -> int:
     return getattr(props, "shared_memory_per_block_optin", 96 * 1024)
 
 
-def _fits_smem(configs, named_args, **kwargs):
-    """Drop configs whose pipelined tiles cannot fit in shared memory: an
-    estimate of the largest kernel's need (q/do tiles plus `stages` copies of
-    the streamed k/v or q/do tiles)."""
-    q = named_args.get("Q")
-    elt = q.element_size() if q is not None else 2
-    bd = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 128))
-    limit = _smem_limit(q.device.index if q is not None and q.device.index is not None else 0)
-    kept = []
-    for c in configs:
-        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        need = elt * bd * (2 * max(bm, bn) + 2 * c.num_stages * min(bm, bn))
-        if need <= limit:
-            kept.append(c)
-    return kept or [min(configs, key=lambda c: c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"])]
+# Registers per thread a config needs for the tiles it keeps live across the
+# key/query loop (fp32 accumulators, the resident operand tiles) plus the
+# fp32 score and probability tiles of one iteration. Configs above the
+# budget spill (checked with ptxas -v for sm_80/sm_90: e.g. a 128x128(D)
+# forward tile at 4 warps spills kilobytes, at 8 warps it does not).
+_REG_BUDGET = 168
+
+
+def _regs_per_thread(kernel_name: str, bm: int, bn: int, bd: int, elt: int, warps: int,
+                     has_mask: bool) -> float:
+    scores = bm * bn * 4 * (2 if has_mask else 1)  # plus the loaded mask/bias tile
+    if kernel_name == "fwd":      # q tile + output accumulator
+        live = bm * bd * (elt + 4)
+    elif kernel_name == "bwd_kv":  # k, v tiles + dk, dv accumulators
+        live = bn * bd * 2 * (elt + 4)
+    else:                          # q, do tiles + dq accumulator
+        live = bm * bd * (2 * elt + 4)
+    return (live + scores) / (warps * 32 * 4)
+
+
+def _pruner(kernel_name: str):
+    """early_config_prune for one kernel: drop configs that would spill
+    registers or cannot fit their pipelined tiles in shared memory, keeping
+    at least the smallest config."""
+    def prune(configs, named_args, **kwargs):
+        q = named_args["Q"]
+        elt = q.element_size()
+        bd = kwargs["BLOCK_D"]
+        limit = _smem_limit(q.device.index or 0)
+        kept = []
+        for c in configs:
+            bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+            smem = elt * bd * (2 * max(bm, bn) + 2 * c.num_stages * min(bm, bn))
+            regs = _regs_per_thread(kernel_name, bm, bn, bd, elt, c.num_warps,
+                                    kwargs["MASK_KIND"] != 0)
+            if smem <= limit and regs <= _REG_BUDGET:
+                kept.append(c)
+        return kept or [min(configs, key=lambda c: (c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"],
+                                                     -c.num_warps))]
+    return prune
 
 
 _AUTOTUNE_KEY = ["BLOCK_D", "CAUSAL", "MASK_KIND", "LEN_BUCKET"]
@@ -103,12 +141,12 @@ _CONFIG_INDEX = {"fwd": 0, "bwd_kv": 1, "bwd_q": 2}
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(kernel_name: str, generation: str):
-    """The autotuned wrapper of one kernel for one GPU generation (cached,
-    and so is the config each wrapper picks per key)."""
-    configs = _GPU_CONFIGS[generation][_CONFIG_INDEX[kernel_name]]
+def _tuned(kernel_name: str, config_set: str):
+    """The autotuned wrapper of one kernel over one config set (cached, and
+    so is the config each wrapper picks per key)."""
+    configs = _GPU_CONFIGS[config_set][_CONFIG_INDEX[kernel_name]]
     return triton.autotune(configs=configs, key=_AUTOTUNE_KEY,
-                           prune_configs_by={"early_config_prune": _fits_smem})(
+                           prune_configs_by={"early_config_prune": _pruner(kernel_name)})(
                                _KERNELS[kernel_name])
 
 
@@ -119,7 +157,9 @@ def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, device):
         tiles = _INTERPRET_TILES[kernel_name]
         _KERNELS[kernel_name][grid_of(tiles["BLOCK_M"], tiles["BLOCK_N"])](*args, **meta, **tiles)
         return
-    tuned = _tuned(kernel_name, _generation(device.index or 0))
+    q = args[0]
+    config_set = "float32" if q.dtype == torch.float32 else _generation(device.index or 0)
+    tuned = _tuned(kernel_name, config_set)
     tuned[lambda m: grid_of(m["BLOCK_M"], m["BLOCK_N"])](*args, **meta)
 
 
