@@ -100,13 +100,16 @@ def test_rms_norm_module(options, backend, device):
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_from_torch_shares_parameters(backend, device):
-    for theirs in (_randomize_(torch.nn.LayerNorm(17)), _randomize_(torch.nn.RMSNorm(17))):
-        is_ln = isinstance(theirs, torch.nn.LayerNorm)
+def test_from_torch_converts_in_place(backend, device):
+    for module in (_randomize_(torch.nn.LayerNorm(17)), _randomize_(torch.nn.RMSNorm(17))):
+        is_ln = isinstance(module, torch.nn.LayerNorm)
         cls = fastattn.nn.LayerNorm if is_ln else fastattn.nn.RMSNorm
-        ours = cls.from_torch(theirs, backend=backend)
-        assert ours.weight is theirs.weight
-        assert ours.state_dict().keys() == theirs.state_dict().keys()
+        theirs = copy.deepcopy(module)
+        weight, keys = module.weight, module.state_dict().keys()
+        ours = cls.from_torch(module, backend=backend)
+        assert ours is module and type(ours) is cls
+        assert ours.weight is weight
+        assert ours.state_dict().keys() == keys
         _check_module(ours, theirs, device)
 
 

@@ -24,9 +24,9 @@ def swap_torch_modules(model: torch.nn.Module, *, attention: bool, norm: bool,
         if attention and cls is torch.nn.MultiheadAttention:
             MultiheadAttention.from_torch(module, backend)
         elif norm and cls is torch.nn.LayerNorm:
-            module.__class__, module.backend = LayerNorm, backend
+            LayerNorm.from_torch(module, backend)
         elif norm and cls is torch.nn.RMSNorm:
-            module.__class__, module.backend = RMSNorm, backend
+            RMSNorm.from_torch(module, backend)
         elif cls in _LAYERS:
             # The fastattn layers skip torch's eval fast path (which bypasses
             # the attention modules) and fuse dropout-add-norm when `norm`.

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ._convert import ConvertibleFromTorch
+
 
 def _trailing_valid_lengths(key_padding_mask: Tensor) -> Tensor:
     # key_padding_mask: bool, True = key ignored
@@ -33,7 +35,7 @@ def _as_allow_mask(mask: Tensor, query_dtype: torch.dtype) -> Tensor:
     return mask.to(query_dtype)
 
 
-class MultiheadAttention(torch.nn.MultiheadAttention):
+class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
     """``torch.nn.MultiheadAttention`` running fastattn's attention.
 
     Same constructor, parameters, state_dict and forward signature. With
@@ -45,15 +47,6 @@ class MultiheadAttention(torch.nn.MultiheadAttention):
     def __init__(self, *args, backend: str = "auto", **kwargs):
         super().__init__(*args, **kwargs)
         self.backend = backend
-
-    @classmethod
-    def from_torch(cls, module: torch.nn.MultiheadAttention,
-                   backend: str = "auto") -> "MultiheadAttention":
-        """Turn ``module`` into a fastattn MultiheadAttention in place (same
-        parameters, no copy) and return it."""
-        module.__class__ = cls
-        module.backend = backend
-        return module
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor,
                 key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,

@@ -6,9 +6,10 @@ import torch
 from torch import Tensor
 
 from ..ops.norm import layer_norm, rms_norm
+from ._convert import ConvertibleFromTorch
 
 
-class LayerNorm(torch.nn.LayerNorm):
+class LayerNorm(ConvertibleFromTorch, torch.nn.LayerNorm):
     """``torch.nn.LayerNorm`` with the same constructor, parameters and
     state_dict; forward runs ``fastattn.layer_norm`` on ``backend``."""
 
@@ -20,16 +21,8 @@ class LayerNorm(torch.nn.LayerNorm):
         return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps,
                           backend=self.backend)
 
-    @classmethod
-    def from_torch(cls, module: torch.nn.LayerNorm, backend: str = "auto") -> "LayerNorm":
-        """A fastattn LayerNorm sharing ``module``'s parameters (no copy)."""
-        new = cls.__new__(cls)
-        new.__dict__.update(module.__dict__)
-        new.backend = backend
-        return new
 
-
-class RMSNorm(torch.nn.RMSNorm):
+class RMSNorm(ConvertibleFromTorch, torch.nn.RMSNorm):
     """``torch.nn.RMSNorm`` with the same constructor, parameters and
     state_dict; forward runs ``fastattn.rms_norm`` on ``backend``."""
 
@@ -39,11 +32,3 @@ class RMSNorm(torch.nn.RMSNorm):
 
     def forward(self, x: Tensor) -> Tensor:
         return rms_norm(x, self.normalized_shape, self.weight, self.eps, backend=self.backend)
-
-    @classmethod
-    def from_torch(cls, module: torch.nn.RMSNorm, backend: str = "auto") -> "RMSNorm":
-        """A fastattn RMSNorm sharing ``module``'s parameters (no copy)."""
-        new = cls.__new__(cls)
-        new.__dict__.update(module.__dict__)
-        new.backend = backend
-        return new
