@@ -19,6 +19,16 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
       "norm_bwd_native(Tensor dy, Tensor? dh_out, Tensor h, Tensor? weight, "
       "Tensor? bias, Tensor mean, Tensor rstd, Tensor? seed, float dropout_p, "
       "bool is_rms, bool has_residual) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Contract: fastattn/ops/attention.py (the Python ops minus `backend`).
+  m.def(
+      "attention_fwd_native(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, "
+      "Tensor? q_lengths, Tensor? kv_lengths, Tensor? seed, bool causal, float scale, "
+      "float dropout_p) -> (Tensor, Tensor)");
+  m.def(
+      "attention_bwd_native(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, "
+      "Tensor out, Tensor lse, Tensor? attn_mask, Tensor? q_lengths, Tensor? kv_lengths, "
+      "Tensor? seed, bool causal, float scale, float dropout_p, bool mask_grad) "
+      "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 static struct PyModuleDef fastattn_c_module = {
