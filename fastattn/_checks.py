@@ -44,6 +44,13 @@ def check_probability(name: str, p) -> float:
     return float(p)
 
 
+def check_flag(name: str, value) -> bool:
+    """A strict bool: truthy stand-ins ("yes", 1, None) are mistakes."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def check_eps(name: str, eps) -> float:
     if isinstance(eps, bool) or not isinstance(eps, (int, float)):
         raise TypeError(f"{name} must be a float, got {type(eps).__name__}")
@@ -61,6 +68,8 @@ def normalize_shape(name: str, normalized_shape, x: torch.Tensor) -> tuple[int, 
     else:
         raise TypeError(f"{name} must be an int or a sequence of ints, "
                         f"got {type(normalized_shape).__name__}")
+    if not all(isinstance(d, (int, torch.SymInt)) and not isinstance(d, bool) for d in shape):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {shape}")
     if len(shape) == 0:
         raise ValueError(f"{name} must name at least one dimension")
     if len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape):]) != shape:

@@ -181,6 +181,20 @@ def _check_norm_args(x, normalized_shape, weight, bias, eps, residual=None, drop
     return shape, eps, dropout_p
 
 
+def _shape_from_weight(x: Tensor, weight) -> tuple[int, ...]:
+    """The normalized shape of the add_* ops: weight's shape (x's last dim
+    without weight), which must equal x's trailing dims. Checked here so the
+    message names `weight`, the argument the caller actually passed."""
+    _checks.check_tensor("x", x)
+    if not isinstance(weight, Tensor):
+        return tuple(x.shape[-1:])
+    shape = tuple(weight.shape)
+    if len(shape) == 0 or len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape):]) != shape:
+        raise ValueError(f"weight of shape {shape} must equal the trailing dimensions of x "
+                         f"{tuple(x.shape)}")
+    return shape
+
+
 def layer_norm(x: Tensor, normalized_shape, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5, *,
                backend: str = "auto") -> Tensor:
@@ -206,11 +220,10 @@ def add_layer_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tenso
     The norm is over the last dimension (the shape of ``weight``, or the
     last dim of ``x`` when weight is None).
     """
-    _checks.check_tensor("x", x)
-    shape = tuple(weight.shape) if isinstance(weight, Tensor) else tuple(x.shape[-1:])
-    shape, eps, dropout_p = _check_norm_args(x, shape, weight, bias, eps, residual, dropout_p)
-    return _norm(x, residual, weight, bias, eps, dropout_p, False, bool(prenorm), shape,
-                 backend)
+    shape, eps, dropout_p = _check_norm_args(x, _shape_from_weight(x, weight), weight, bias,
+                                             eps, residual, dropout_p)
+    prenorm = _checks.check_flag("prenorm", prenorm)
+    return _norm(x, residual, weight, bias, eps, dropout_p, False, prenorm, shape, backend)
 
 
 def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor],
@@ -218,9 +231,8 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]
                  prenorm: bool = False, backend: str = "auto"):
     """``h = dropout(x) + residual``; returns ``rms_norm(h)``, or
     ``(rms_norm(h), h)`` when ``prenorm=True``."""
-    _checks.check_tensor("x", x)
-    shape = tuple(weight.shape) if isinstance(weight, Tensor) else tuple(x.shape[-1:])
-    shape, eps, dropout_p = _check_norm_args(x, shape, weight, None, eps, residual, dropout_p,
+    shape, eps, dropout_p = _check_norm_args(x, _shape_from_weight(x, weight), weight, None,
+                                             eps, residual, dropout_p,
                                              eps_default_from_dtype=True)
-    return _norm(x, residual, weight, None, eps, dropout_p, True, bool(prenorm), shape,
-                 backend)
+    prenorm = _checks.check_flag("prenorm", prenorm)
+    return _norm(x, residual, weight, None, eps, dropout_p, True, prenorm, shape, backend)
