@@ -120,6 +120,16 @@ def unavailable_reason(backend: str, family: str, device: torch.device,
     return _native_error(family, "CPU")
 
 
+def check_name(backend) -> str:
+    """`backend` must name a backend (or "auto"): for arguments stored now and
+    resolved later (swap_modules), so a typo fails at once."""
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if backend != "auto" and backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS + ('auto',)}, got {backend!r}")
+    return backend
+
+
 def resolve(requested: str, family: str, device: torch.device,
             dtype: torch.dtype | None = None) -> str:
     """The backend that will run; raises ValueError if `requested` cannot."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _backends, _checks
 from .torch_nn import swap_torch_modules
 
 
@@ -20,6 +21,9 @@ def swap_modules(model: torch.nn.Module, *, attention: bool = True, norm: bool =
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    _checks.check_flag("attention", attention)
+    _checks.check_flag("norm", norm)
+    _backends.check_name(backend)
     from . import hf
     if hf.is_hf_model(model):
         hf.swap_hf_model(model, attention=attention, norm=norm, backend=backend)
