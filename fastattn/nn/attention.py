@@ -52,7 +52,12 @@ class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
                 key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
-        if need_weights or query.is_nested:
+        nested = isinstance(query, Tensor) and query.is_nested
+        if not nested:
+            self._check_inputs(query, key, value, key_padding_mask, attn_mask)
+        # Head dims the kernels do not take (e.g. 8) go through torch's path,
+        # so that swapping never breaks a model that runs under torch.
+        if need_weights or nested or not _kernels_take_head_dim(self.head_dim):
             return super().forward(query, key, value, key_padding_mask=key_padding_mask,
                                    need_weights=need_weights, attn_mask=attn_mask,
                                    average_attn_weights=average_attn_weights,
@@ -60,6 +65,48 @@ class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
         return self._fast_forward(query, key, value, key_padding_mask, attn_mask, is_causal), None
 
     # ------------------------------------------------------------------
+    def _check_inputs(self, query, key, value, key_padding_mask, attn_mask) -> None:
+        """torch's checks (which are asserts) as ValueError/TypeError naming
+        the argument, before any projection runs."""
+        for name, t in (("query", query), ("key", key), ("value", value)):
+            if not isinstance(t, Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if not t.is_floating_point():
+                raise TypeError(f"{name} must be floating point, got {t.dtype}")
+        if query.dim() not in (2, 3):
+            raise ValueError(f"query must be 2-D (L, E) or 3-D, got shape {tuple(query.shape)}")
+        for name, t, e in (("query", query, self.embed_dim), ("key", key, self.kdim),
+                           ("value", value, self.vdim)):
+            if t.dim() != query.dim():
+                raise ValueError(f"{name} must have the rank of query ({query.dim()}), "
+                                 f"got shape {tuple(t.shape)}")
+            if t.shape[-1] != e:
+                raise ValueError(f"{name} must have {e} features in its last dim, "
+                                 f"got shape {tuple(t.shape)}")
+        batched = query.dim() == 3
+        b_dim = 0 if self.batch_first else 1
+        n = query.shape[b_dim] if batched else None
+        if batched and key.shape[b_dim] != n:
+            raise ValueError(f"key must have the batch size of query ({n}), "
+                             f"got shape {tuple(key.shape)}")
+        if value.shape[:-1] != key.shape[:-1]:
+            raise ValueError(f"value must match key in all but the last dim, "
+                             f"got {tuple(value.shape)} and {tuple(key.shape)}")
+        s = key.shape[1 - b_dim] if batched else key.shape[0]
+        lq = query.shape[1 - b_dim] if batched else query.shape[0]
+        if key_padding_mask is not None:
+            expected = (n, s) if batched else (s,)
+            if not isinstance(key_padding_mask, Tensor) or \
+                    tuple(key_padding_mask.shape) != expected:
+                raise ValueError(f"key_padding_mask must be a tensor of shape {expected}, "
+                                 f"got {getattr(key_padding_mask, 'shape', key_padding_mask)}")
+        if attn_mask is not None:
+            allowed = [(lq, s)] + ([(n * self.num_heads, lq, s)] if batched else
+                                   [(self.num_heads, lq, s)])
+            if not isinstance(attn_mask, Tensor) or tuple(attn_mask.shape) not in allowed:
+                raise ValueError(f"attn_mask must be a tensor of shape {allowed[0]} or "
+                                 f"{allowed[1]}, got {getattr(attn_mask, 'shape', attn_mask)}")
+
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v in (N, L, E) from batch-first inputs."""
         e = self.embed_dim
@@ -169,6 +216,11 @@ class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
         if unbatched:
             return out.squeeze(0)
         return out if self.batch_first else out.transpose(0, 1)
+
+
+def _kernels_take_head_dim(d: int) -> bool:
+    from ..ops.attention import MAX_HEAD_DIM, MIN_HEAD_DIM
+    return MIN_HEAD_DIM <= d <= MAX_HEAD_DIM and d % 8 == 0
 
 
 def _pad_allowed(mask: Optional[Tensor]) -> Optional[Tensor]:
