@@ -520,25 +520,6 @@ def test_property(backend, device, B, Hkv, group, Lq, Lk, D, causal, mask, mask_
     check_case(case, backend, device, dtype)
 
 
-# ---------------------------------------------------------- backend choice
-
-
-def test_auto_serves_dropout_by_reference(monkeypatch):
-    monkeypatch.delenv("FASTATTN_BACKEND", raising=False)
-    from fastattn.ops import attention as ops
-    q = torch.randn(1, 2, 5, 16)
-    assert ops.pick_backend("auto", q, 0.1) == "reference"
-    assert ops.call_unsupported_reason("triton", q.dtype, 0.1)
-    assert ops.call_unsupported_reason("triton", q.dtype, 0.0) == ""
-
-
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_triton_refuses_dropout(backend, device):
-    q = torch.randn(1, 2, 5, 16, device=device)
-    with pytest.raises(ValueError, match="dropout"):
-        fastattn.attention(q, q, q, dropout_p=0.1, backend=backend)
-
-
 # ------------------------------------------------------------- SDPA drop-in
 
 

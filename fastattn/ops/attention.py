@@ -21,6 +21,12 @@ Arguments, as every backend receives them (the frontend guarantees them):
   causal  bottom-right aligned, per batch row with lengths:
       query i may attend key j iff j <= i + (kv_len[b] - q_len[b]).
   scale  multiplies q.k (already resolved from the 1/sqrt(D) default).
+  dropout_p  probability of dropping an attention probability, in [0, 1).
+      Drawn by the hash of fastattn._rng from `seed`, element (b, h, i, j)
+      at row = (b * Hq + h) * Lq + i, col = j; kept probabilities are scaled
+      by 1 / (1 - dropout_p). Applied after the softmax statistics: lse is
+      that of the undropped scores. The backward regenerates the same mask
+      from the same seed; every backend draws the identical mask.
 Outputs:
   out  like q (dtype, and memory layout when q is dense); rows with no key
       to attend and rows i >= q_len are 0.
@@ -63,8 +69,6 @@ def call_unsupported_reason(backend: str, dtype: torch.dtype, dropout_p: float) 
     """Empty if `backend` (available on the device) serves this particular
     call, else why not. Per-call limits beyond fastattn._backends' device
     and dtype checks live here."""
-    if backend == "triton" and dropout_p > 0:
-        return "the triton attention kernels do not implement dropout yet (dropout_p > 0)"
     return ""
 
 
@@ -113,7 +117,7 @@ def _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, s
     if backend == "triton":
         from ..triton import attention as triton_attention
         return triton_attention.attention_fwd(q, k, v, attn_mask, q_lengths, kv_lengths,
-                                              causal, scale)
+                                              seed, causal, scale, dropout_p)
     if backend == "reference":
         return _reference_fwd(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
                               dropout_p)
@@ -126,7 +130,8 @@ def _run_bwd(backend, dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_le
     if backend == "triton":
         from ..triton import attention as triton_attention
         return triton_attention.attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask,
-                                              q_lengths, kv_lengths, causal, scale, mask_grad)
+                                              q_lengths, kv_lengths, seed, causal, scale,
+                                              dropout_p, mask_grad)
     if backend == "reference":
         return _reference_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths,
                               seed, causal, scale, dropout_p, mask_grad)
@@ -386,6 +391,10 @@ def _sdpa_unsupported(query, key, value, attn_mask, dropout_p, is_causal, scale,
     if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not (
             0.0 <= dropout_p < 1.0):
         return "dropout_p is not a float in [0, 1)"
+    if dropout_p > 0:
+        # fastattn's dropout (counter-based, fastattn._rng) draws other masks
+        # than torch's generator stream: only torch reproduces torch's call.
+        return "dropout_p > 0 (torch's dropout masks come from its own random stream)"
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
                               or not math.isfinite(scale)):
         return "scale is not a finite float"

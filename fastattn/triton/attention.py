@@ -2,9 +2,10 @@
 
 They implement the op contract of fastattn/ops/attention.py:
 
-    attention_fwd(q, k, v, mask, q_lengths, kv_lengths, causal, scale) -> (out, lse)
-    attention_bwd(dout, dlse, q, k, v, out, lse, mask, q_lengths, kv_lengths,
-                  causal, scale, mask_grad) -> (dq, dk, dv, dmask)
+    attention_fwd(q, k, v, mask, q_lengths, kv_lengths, seed, causal, scale,
+                  dropout_p) -> (out, lse)
+    attention_bwd(dout, dlse, q, k, v, out, lse, mask, q_lengths, kv_lengths, seed,
+                  causal, scale, dropout_p, mask_grad) -> (dq, dk, dv, dmask)
 
 Tensors are passed with their strides (only the last dim must be
 contiguous): no copies. A mask arrives 4-D with every dim either 1 or full;
@@ -29,6 +30,7 @@ import triton.language as tl
 from .._backends import triton_interpret
 from . import attention_bwd as bwd
 from . import attention_fwd as fwd
+from .rng import threshold_arg
 
 # ------------------------------------------------------------------ configs
 
@@ -167,7 +169,7 @@ def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, device):
 
 
 def _kernel_meta(q: torch.Tensor, causal: bool, mask: Optional[torch.Tensor],
-                 q_lengths, kv_lengths) -> dict:
+                 q_lengths, kv_lengths, dropout_p: float) -> dict:
     """Compile-time parameters shared by the kernels."""
     D = q.shape[-1]
     if q.dtype in (torch.float32, torch.float64):
@@ -185,6 +187,7 @@ def _kernel_meta(q: torch.Tensor, causal: bool, mask: Optional[torch.Tensor],
     return dict(
         BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=bool(causal), MASK_KIND=kind,
         HAS_QLENS=q_lengths is not None, HAS_KVLENS=kv_lengths is not None,
+        DROPOUT=dropout_p > 0,
         ACC_DTYPE=tl.float64 if q.dtype == torch.float64 else tl.float32,
         DOT_PRECISION=precision,
     )
@@ -205,12 +208,20 @@ def _len_bucket(lq: int, lk: int) -> int:
     return max(lq, lk, 1).bit_length()
 
 
+def _dropout_args(seed: Optional[torch.Tensor], dropout_p: float, dummy: torch.Tensor):
+    """(seed tensor, threshold, 1 / (1 - p)) kernel arguments."""
+    if dropout_p > 0:
+        return seed, threshold_arg(dropout_p), 1.0 / (1.0 - dropout_p)
+    return dummy, 0, 1.0
+
+
 # ------------------------------------------------------------------ forward
 
 
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
-                  kv_lengths: Optional[torch.Tensor], causal: bool, scale: float):
+                  kv_lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor],
+                  causal: bool, scale: float, dropout_p: float = 0.0):
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     out = torch.empty_like(q)  # keeps q's memory layout (e.g. B, L, H, D)
@@ -221,14 +232,16 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     m, m_strides = _mask_arg(mask, (B, Hq, Lq, Lk), q)
     ql = q_lengths if q_lengths is not None else q
     kvl = kv_lengths if kv_lengths is not None else q
-    meta = _kernel_meta(q, causal, mask, q_lengths, kv_lengths)
-    args = (q, k, v, out, lse, m, ql, kvl,
+    meta = _kernel_meta(q, causal, mask, q_lengths, kv_lengths, dropout_p)
+    seed_t, threshold, drop_scale = _dropout_args(seed, dropout_p, q)
+    args = (q, k, v, out, lse, m, ql, kvl, seed_t,
             q.stride(0), q.stride(1), q.stride(2),
             k.stride(0), k.stride(1), k.stride(2),
             v.stride(0), v.stride(1), v.stride(2),
             out.stride(0), out.stride(1), out.stride(2),
             *m_strides,
-            Hq, Hq // Hkv, Lq, Lk, D, scale * fwd.LOG2E.value, _len_bucket(Lq, Lk))
+            Hq, Hq // Hkv, Lq, Lk, D, scale * fwd.LOG2E.value, threshold, drop_scale,
+            _len_bucket(Lq, Lk))
     _launch("fwd", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args, meta, q.device)
     return out, lse
 
@@ -239,8 +252,8 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
                   k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                   mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
-                  kv_lengths: Optional[torch.Tensor], causal: bool, scale: float,
-                  mask_grad: bool):
+                  kv_lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor],
+                  causal: bool, scale: float, dropout_p: float, mask_grad: bool):
     """(dq, dk, dv, dmask); dmask has the mask's shape and dtype when
     mask_grad, else shape (0,).
 
@@ -262,7 +275,8 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
         dq.zero_(), dk.zero_(), dv.zero_()
         return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
 
-    meta = _kernel_meta(q, causal, mask, q_lengths, kv_lengths)
+    meta = _kernel_meta(q, causal, mask, q_lengths, kv_lengths, dropout_p)
+    seed_t, threshold, drop_scale = _dropout_args(seed, dropout_p, q)
     m, m_strides = _mask_arg(mask, (B, Hq, Lq, Lk), q)
     ql = q_lengths if q_lengths is not None else q
     kvl = kv_lengths if kv_lengths is not None else q
@@ -285,15 +299,17 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
     qk_scale = scale * fwd.LOG2E.value
     bucket = _len_bucket(Lq, Lk)
 
-    args = (q, k, v, dout, lse, delta, dk, dv, m, ql, kvl, *common_strides,
+    args = (q, k, v, dout, lse, delta, dk, dv, m, ql, kvl, seed_t, *common_strides,
             dk.stride(0), dk.stride(1), dk.stride(2),
             dv.stride(0), dv.stride(1), dv.stride(2),
-            *m_strides, Hkv, Hq // Hkv, Lq, Lk, D, qk_scale, scale, bucket)
+            *m_strides, Hkv, Hq // Hkv, Lq, Lk, D, qk_scale, scale, threshold, drop_scale,
+            bucket)
     _launch("bwd_kv", lambda bm, bn: (triton.cdiv(Lk, bn), Hkv, B), args, meta, q.device)
 
-    args = (q, k, v, dout, lse, delta, dq, dbias if want_dbias else q, m, ql, kvl,
+    args = (q, k, v, dout, lse, delta, dq, dbias if want_dbias else q, m, ql, kvl, seed_t,
             *common_strides, dq.stride(0), dq.stride(1), dq.stride(2),
-            *m_strides, Hq, Hq // Hkv, Lq, Lk, D, qk_scale, scale, bucket)
+            *m_strides, Hq, Hq // Hkv, Lq, Lk, D, qk_scale, scale, threshold, drop_scale,
+            bucket)
     _launch("bwd_q", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args,
             dict(meta, STORE_DBIAS=want_dbias), q.device)
     return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)

@@ -15,6 +15,17 @@ delta is computed once per row by a small preprocess kernel. The optional
 gradient of the returned lse enters only through delta, because
 d lse_i / d x_ij = p_ij.
 
+Dropout. The forward computes out_i = sum_j z_ij v_j with the dropped
+probabilities z_ij = p_ij keep_ij / (1 - q) (q the dropout probability,
+keep_ij regenerated here from the seed, exactly as the forward drew it).
+So dV_j = sum_i z_ij dO_i, and the gradient reaching p is
+    dp~_ij = dO_i . v_j * keep_ij / (1 - q)       (dp masked and rescaled).
+The softmax backward is unchanged with dp~ in place of dp:
+    dx_ij = p_ij (dp~_ij - delta_i),  delta_i = sum_j p_ij dp~_ij
+                                             = sum_j z_ij (dO_i . v_j) = dO_i . out_i,
+so delta still comes from the output, and it is the undropped p (from
+the saved lse, which dropout does not touch) that multiplies.
+
 Work split: dK/dV are accumulated per key tile by one program that iterates
 over the query tiles (and, for grouped-query attention, over all query heads
 sharing the kv head); dQ is accumulated per query tile by a separate pass
@@ -39,6 +50,7 @@ import triton
 import triton.language as tl
 
 from .attention_fwd import LOG2E
+from .rng import dropout_keep, load_seed, row_keys
 
 
 @triton.jit
@@ -89,6 +101,7 @@ def attention_bwd_dkdv_kernel(
     DK, DV,             # outputs (B, Hkv, Lk, D)
     Mask,               # bool mask as uint8 or float bias, expanded; dummy if MASK_KIND == 0
     QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
+    Seed,               # (1,) int64 dropout seed; dummy unless DROPOUT
     stride_qb, stride_qh, stride_qm,          # q strides (elements)
     stride_kb, stride_kh, stride_kn,          # k strides
     stride_vb, stride_vh, stride_vn,          # v strides
@@ -101,10 +114,13 @@ def attention_bwd_dkdv_kernel(
     LQ, LK, HEAD_DIM,   # padded lengths, head dim
     qk_scale,           # softmax scale * log2(e)
     scale,              # softmax scale
+    drop_threshold,     # dropout threshold, int32 bits of a uint32 (rng.threshold_arg)
+    drop_scale,         # 1 / (1 - dropout_p)
     LEN_BUCKET,         # autotuning key only
     BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
     ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr,  # regenerate the forward's dropout mask
     BLOCK_M: tl.constexpr,  # query tile iterated over
     BLOCK_N: tl.constexpr,  # key tile owned by this program
 ):
@@ -133,6 +149,8 @@ def attention_bwd_dkdv_kernel(
         lo = tl.maximum(start_n - diag, 0) // BLOCK_M * BLOCK_M
     hi = tl.where(start_n < kv_len, q_len, 0)
 
+    if DROPOUT:
+        seed_lo, seed_hi = load_seed(Seed)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_DTYPE)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_DTYPE)
     for g in range(0, GROUP):
@@ -165,8 +183,17 @@ def attention_bwd_dkdv_kernel(
             pt = tl.math.exp2(st - lse2[None, :])                            # (BLOCK_N, BLOCK_M)
             do = tl.load(do_base + offs_m[:, None] * stride_dm + offs_d[None, :],
                          mask=m_ok[:, None] & d_ok[None, :], other=0.0)    # (BLOCK_M, BLOCK_D)
-            dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
             dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+            if DROPOUT:
+                # the forward's mask, transposed: rows are queries, columns keys
+                drop_a, drop_b = row_keys(seed_lo, seed_hi, row_base + offs_m)
+                keep = dropout_keep(drop_a[None, :], drop_b[None, :], offs_n[:, None],
+                                    drop_threshold)
+                dv += tl.dot(tl.where(keep, pt * drop_scale, 0.0).to(do.dtype), do,
+                             input_precision=DOT_PRECISION)
+                dpt = tl.where(keep, dpt * drop_scale, 0.0)
+            else:
+                dv += tl.dot(pt.to(do.dtype), do, input_precision=DOT_PRECISION)
             delta = tl.load(Delta + row_base + offs_m, mask=m_ok, other=0.0)
             dst = pt * (dpt - delta[None, :])
             dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=DOT_PRECISION)
@@ -187,6 +214,7 @@ def attention_bwd_dq_kernel(
     DBias,              # output (B, Hq, Lq, Lk) contiguous, zero-filled; dummy unless STORE_DBIAS
     Mask,               # bool mask as uint8 or float bias, expanded; dummy if MASK_KIND == 0
     QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
+    Seed,               # (1,) int64 dropout seed; dummy unless DROPOUT
     stride_qb, stride_qh, stride_qm,          # q strides (elements)
     stride_kb, stride_kh, stride_kn,          # k strides
     stride_vb, stride_vh, stride_vn,          # v strides
@@ -198,10 +226,13 @@ def attention_bwd_dq_kernel(
     LQ, LK, HEAD_DIM,   # padded lengths, head dim
     qk_scale,           # softmax scale * log2(e)
     scale,              # softmax scale
+    drop_threshold,     # dropout threshold, int32 bits of a uint32 (rng.threshold_arg)
+    drop_scale,         # 1 / (1 - dropout_p)
     LEN_BUCKET,         # autotuning key only
     BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
     ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DROPOUT: tl.constexpr,  # regenerate the forward's dropout mask
     STORE_DBIAS: tl.constexpr,  # write dx (the bias gradient) for every visited tile
     BLOCK_M: tl.constexpr,  # query tile owned by this program
     BLOCK_N: tl.constexpr,  # key tile iterated over
@@ -244,6 +275,9 @@ def attention_bwd_dq_kernel(
     v_base = V + b * stride_vb + hk * stride_vh
     mask_base = Mask + b * stride_mb + h * stride_mh
     dbias_base = DBias + pid_bh * LQ * LK
+    if DROPOUT:
+        seed_lo, seed_hi = load_seed(Seed)
+        drop_a, drop_b = row_keys(seed_lo, seed_hi, row)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -265,6 +299,10 @@ def attention_bwd_dq_kernel(
         s = tl.where(ok, s, float("-inf"))
         p = tl.math.exp2(s - lse2[:, None])
         dp = tl.dot(do, vt, input_precision=DOT_PRECISION)
+        if DROPOUT:
+            keep = dropout_keep(drop_a[:, None], drop_b[:, None], offs_n[None, :],
+                                drop_threshold)
+            dp = tl.where(keep, dp * drop_scale, 0.0)
         ds = p * (dp - delta[:, None])
         if STORE_DBIAS:
             tl.store(dbias_base + offs_m[:, None] * LK + offs_n[None, :],

@@ -17,6 +17,14 @@ Which keys a row may attend (b = batch row, with qL/kL its q/kv lengths,
 defaulting to Lq/Lk):
     j < kL,  i < qL,  causal: j <= i + (kL - qL)  (bottom-right aligned),
     bool mask: mask[b, h, i, j],  float mask: adds bias (-inf excludes).
+Dropout (DROPOUT): the softmax statistics m, l and the lse are those of
+the undropped probabilities; only the product with V sees the mask:
+    out_i = sum_j keep_ij 2^(s_ij - m_i) v_j / l_i / (1 - p)
+keep_ij comes from the counter-based hash of fastattn/_rng.py with
+row = (b * Hq + h) * Lq + i and col = j (i, j within the sequence), so the
+backward regenerates it and the reference draws the same mask. The
+1 / (1 - p) factor is applied once to the normalized output.
+
 Rows with no key they may attend get out = 0 and lse = -inf: the running
 max stays -inf, so it is replaced by 0 before subtracting (a guard against
 -inf - -inf = NaN) and l stays 0.
@@ -34,6 +42,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .rng import dropout_keep, load_seed, row_keys
+
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
 
@@ -47,8 +57,10 @@ MASK_BIAS = 2
 def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
                stride_kn, stride_vn, stride_mm, stride_mn,
                offs_m, offs_d, lo, hi, kv_len, diag, LQ, LK, HEAD_DIM, qk_scale,
+               drop_a, drop_b, drop_threshold,
                BLOCK_N: tl.constexpr, BOUNDARY: tl.constexpr, CAUSAL: tl.constexpr,
-               MASK_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr):
+               MASK_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr,
+               DROPOUT: tl.constexpr):
     """Online-softmax update of (acc, l_i, m_i) over key tiles [lo, hi).
 
     acc: (BLOCK_M, BLOCK_D) unnormalized output; l_i, m_i: (BLOCK_M,) running
@@ -57,7 +69,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
     row 0; offs_m/offs_d: row and head-dim indices of the tile; kv_len/diag:
     this batch row's key count and causal offset kL - qL; BOUNDARY: apply
     the key-count and causal checks element-wise (else the caller guarantees
-    every element of [lo, hi) is attendable).
+    every element of [lo, hi) is attendable); drop_a/drop_b: the rows'
+    dropout keys (BLOCK_M,), drop_threshold: rng.threshold_arg(p), used iff
+    DROPOUT.
     """
     d_ok = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
@@ -91,6 +105,9 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
         p = tl.math.exp2(s - m_safe[:, None])
         alpha = tl.math.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
+        if DROPOUT:  # after the statistics: only the product with V is dropped
+            p = tl.where(dropout_keep(drop_a[:, None], drop_b[:, None], offs_n[None, :],
+                                      drop_threshold), p, 0.0)
         v = tl.load(v_base + offs_n[:, None] * stride_vn + offs_d[None, :],
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -105,6 +122,7 @@ def attention_fwd_kernel(
     Lse,                # output (B, Hq, Lq) contiguous, natural-log logsumexp (fp32; fp64 for fp64)
     Mask,               # bool mask viewed as uint8, or float bias; dummy if MASK_KIND == 0
     QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
+    Seed,               # (1,) int64 dropout seed; dummy unless DROPOUT
     stride_qb, stride_qh, stride_qm,          # q strides (elements)
     stride_kb, stride_kh, stride_kn,          # k strides
     stride_vb, stride_vh, stride_vn,          # v strides
@@ -115,9 +133,12 @@ def attention_fwd_kernel(
     LQ, LK,             # padded sequence lengths of q and k
     HEAD_DIM,           # D (BLOCK_D is D rounded up to a power of two)
     qk_scale,           # softmax scale * log2(e)
+    drop_threshold,     # dropout threshold, int32 bits of a uint32 (rng.threshold_arg)
+    drop_scale,         # 1 / (1 - dropout_p)
     LEN_BUCKET,         # autotuning key only: log2 bucket of max(Lq, Lk)
     BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
+    DROPOUT: tl.constexpr,        # apply in-kernel dropout to the probabilities
     ACC_DTYPE: tl.constexpr,      # tl.float32 (tl.float64 for float64 inputs)
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for float32 inputs
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -164,22 +185,34 @@ def attention_fwd_kernel(
     v_base = V + b * stride_vb + hk * stride_vh
     mask_base = Mask + b * stride_mb + h * stride_mh
 
+    if DROPOUT:
+        seed_lo, seed_hi = load_seed(Seed)
+        drop_a, drop_b = row_keys(seed_lo, seed_hi, pid_bh * LQ + offs_m)
+    else:
+        drop_a = offs_m  # unused
+        drop_b = offs_m
+
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
     l_i = tl.zeros([BLOCK_M], dtype=ACC_DTYPE)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC_DTYPE)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
                                stride_kn, stride_vn, stride_mm, stride_mn,
                                offs_m, offs_d, 0, interior, kv_len, diag, LQ, LK, HEAD_DIM,
-                               qk_scale, BLOCK_N, False, CAUSAL, MASK_KIND, DOT_PRECISION)
+                               qk_scale, drop_a, drop_b, drop_threshold,
+                               BLOCK_N, False, CAUSAL, MASK_KIND, DOT_PRECISION, DROPOUT)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
                                stride_kn, stride_vn, stride_mm, stride_mn,
                                offs_m, offs_d, interior, hi, kv_len, diag, LQ, LK, HEAD_DIM,
-                               qk_scale, BLOCK_N, True, CAUSAL, MASK_KIND, DOT_PRECISION)
+                               qk_scale, drop_a, drop_b, drop_threshold,
+                               BLOCK_N, True, CAUSAL, MASK_KIND, DOT_PRECISION, DROPOUT)
 
     # Normalize; rows that attended nothing (l = 0) and padded rows give 0 / -inf.
     row_ok = (offs_m < q_len) & (l_i > 0)
     l_safe = tl.where(row_ok, l_i, 1.0)
-    out = tl.where(row_ok[:, None], acc / l_safe[:, None], 0.0)
+    denom = l_safe
+    if DROPOUT:
+        denom = l_safe / drop_scale  # folds the 1 / (1 - p) factor into the division
+    out = tl.where(row_ok[:, None], acc / denom[:, None], 0.0)
     lse = tl.where(row_ok, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
 
     in_rows = offs_m < LQ
