@@ -1,0 +1,190 @@
+// Torch binding of the C++ CPU attention kernels:
+// fastattn::attention_fwd_native / attention_bwd_native for CPU tensors.
+//
+// Contract: fastattn/ops/attention.py. Checks and output allocation are
+// shared with the CUDA binding (common/attention_args.h); this file turns
+// tensors into the raw views of attention_cpu.h (lengths clamped to
+// [0, L], the mask with its broadcast strides, dropout constants) and
+// dispatches on the dtype. Kernels: attention_fwd.cpp, attention_bwd.cpp.
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/isfinite.h>
+#include <ATen/ops/where.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <optional>
+#include <vector>
+
+#include "common/attention_args.h"
+#include "common/dropout_hash.h"
+#include "cpu/attention_cpu.h"
+
+namespace fastattn {
+namespace cpu {
+namespace {
+
+// Per batch row lengths clamped to [0, limit]; `limit` everywhere when absent.
+std::vector<int64_t> clamped_lengths(const at::Tensor& t, int64_t batch, int64_t limit) {
+  std::vector<int64_t> out(static_cast<size_t>(batch), limit);
+  if (!t.defined()) return out;
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t raw = t.scalar_type() == at::kInt ? t.data_ptr<int32_t>()[b]
+                                                    : t.data_ptr<int64_t>()[b];
+    out[b] = std::clamp<int64_t>(raw, 0, limit);
+  }
+  return out;
+}
+
+tiles::MaskView mask_view(const at::Tensor& mask) {
+  tiles::MaskView mv;
+  if (!mask.defined()) return mv;
+  switch (mask.scalar_type()) {
+    case at::kBool: mv.kind = tiles::MaskView::kBool; break;
+    case at::kFloat: mv.kind = tiles::MaskView::kFloat; break;
+    case at::kDouble: mv.kind = tiles::MaskView::kDouble; break;
+    case at::kHalf: mv.kind = tiles::MaskView::kHalf; break;
+    case at::kBFloat16: mv.kind = tiles::MaskView::kBFloat16; break;
+    default: TORCH_CHECK(false, "attn_mask: unsupported dtype ", mask.scalar_type());
+  }
+  mv.ptr = mask.data_ptr();  // bool is one byte per element, read as uint8
+  mv.sb = mask.stride(0);
+  mv.sh = mask.stride(1);
+  mv.sm = mask.stride(2);
+  mv.sn = mask.stride(3);
+  return mv;
+}
+
+DropoutCfg dropout_cfg(const std::optional<at::Tensor>& seed, double p) {
+  DropoutCfg cfg;
+  if (p <= 0.0) return cfg;
+  cfg.on = true;
+  cfg.seed = static_cast<uint64_t>(seed->data_ptr<int64_t>()[0]);
+  cfg.thresh = dropout::threshold(p);
+  cfg.scale = 1.0 / (1.0 - p);
+  return cfg;
+}
+
+Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
+
+// Problem of a call; the lengths vectors must outlive it.
+Problem problem(const attention_args::Inputs& in, const std::vector<int64_t>& q_len,
+                const std::vector<int64_t>& kv_len, const std::optional<at::Tensor>& seed,
+                bool causal, double scale, double dropout_p) {
+  Problem pb;
+  pb.B = in.B;
+  pb.Hq = in.Hq;
+  pb.Hkv = in.Hkv;
+  pb.Lq = in.Lq;
+  pb.Lk = in.Lk;
+  pb.D = in.D;
+  pb.q_len = q_len.data();
+  pb.kv_len = kv_len.data();
+  pb.mask = mask_view(in.mask);
+  pb.causal = causal;
+  pb.scale = scale;
+  pb.drop = dropout_cfg(seed, dropout_p);
+  return pb;
+}
+
+// Runs `f` with the C++ type of `dtype` (float, double, Half, BFloat16).
+template <typename F>
+void dispatch_float(at::ScalarType dtype, const char* what, F&& f) {
+  switch (dtype) {
+    case at::kFloat: f(float{}); break;
+    case at::kDouble: f(double{}); break;
+    case at::kHalf: f(at::Half{}); break;
+    case at::kBFloat16: f(at::BFloat16{}); break;
+    default: TORCH_CHECK(false, what, ": unsupported dtype ", dtype,
+                         " (expected float16, bfloat16, float32 or float64)");
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& q_lengths,
+    const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& seed,
+    bool causal, double scale, double dropout_p) {
+  const attention_args::Inputs in =
+      attention_args::inputs(q, k, v, attn_mask, q_lengths, kv_lengths, seed, dropout_p);
+  auto [out, lse] = attention_args::fwd_outputs(in);
+  const std::vector<int64_t> q_len = clamped_lengths(in.q_lengths, in.B, in.Lq);
+  const std::vector<int64_t> kv_len = clamped_lengths(in.kv_lengths, in.B, in.Lk);
+  const Problem pb = problem(in, q_len, kv_len, seed, causal, scale, dropout_p);
+  dispatch_float(in.q.scalar_type(), "attention_fwd_native", [&](auto tag) {
+    using T = decltype(tag);
+    FwdParams<T> p;
+    p.pb = pb;
+    p.q = in.q.data_ptr<T>();
+    p.k = in.k.data_ptr<T>();
+    p.v = in.v.data_ptr<T>();
+    p.out = out.data_ptr<T>();
+    p.lse = lse.data_ptr<tiles::acc_t<T>>();
+    p.qs = strides_of(in.q);
+    p.ks = strides_of(in.k);
+    p.vs = strides_of(in.v);
+    p.os = strides_of(out);
+    attention_fwd_kernel<T>(p);
+  });
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
+    const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& q_lengths,
+    const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& seed,
+    bool causal, double scale, double dropout_p, bool mask_grad) {
+  const attention_args::Inputs in =
+      attention_args::inputs(q, k, v, attn_mask, q_lengths, kv_lengths, seed, dropout_p);
+  const attention_args::BwdExtras ex =
+      attention_args::bwd_extras(in, dout, dlse, out, lse, mask_grad);
+  auto [dq, dk, dv, dbias] = attention_args::bwd_outputs(in, mask_grad);
+  const std::vector<int64_t> q_len = clamped_lengths(in.q_lengths, in.B, in.Lq);
+  const std::vector<int64_t> kv_len = clamped_lengths(in.kv_lengths, in.B, in.Lk);
+  const Problem pb = problem(in, q_len, kv_len, seed, causal, scale, dropout_p);
+
+  // delta_i = dout_i . out_i - dlse_i (dlse only where lse is finite: rows
+  // with lse = -inf have p = 0 and must not pick up NaN from it).
+  const at::ScalarType sd = ex.lse.scalar_type();
+  at::Tensor delta = ex.dout.to(sd).mul(ex.out.to(sd)).sum(-1);
+  if (ex.dlse.defined()) delta = delta.sub(at::where(at::isfinite(ex.lse), ex.dlse, 0));
+  delta = delta.contiguous();
+
+  dispatch_float(in.q.scalar_type(), "attention_bwd_native", [&](auto tag) {
+    using T = decltype(tag);
+    using A = tiles::acc_t<T>;
+    BwdParams<T> p;
+    p.pb = pb;
+    p.q = in.q.data_ptr<T>();
+    p.k = in.k.data_ptr<T>();
+    p.v = in.v.data_ptr<T>();
+    p.dout = ex.dout.data_ptr<T>();
+    p.lse = ex.lse.data_ptr<A>();
+    p.delta = delta.data_ptr<A>();
+    p.dq = dq.data_ptr<T>();
+    p.dk = dk.data_ptr<T>();
+    p.dv = dv.data_ptr<T>();
+    p.dbias = dbias.defined() ? dbias.data_ptr<A>() : nullptr;
+    p.qs = strides_of(in.q);
+    p.ks = strides_of(in.k);
+    p.vs = strides_of(in.v);
+    p.dos = strides_of(ex.dout);
+    p.dqs = strides_of(dq);
+    p.dks = strides_of(dk);
+    p.dvs = strides_of(dv);
+    attention_bwd_kernel<T>(p);
+  });
+  return {dq, dk, dv, attention_args::reduce_mask_grad(dbias, attn_mask, in.q)};
+}
+
+}  // namespace
+}  // namespace cpu
+}  // namespace fastattn
+
+TORCH_LIBRARY_IMPL(fastattn, CPU, m) {
+  m.impl("attention_fwd_native", &fastattn::cpu::attention_fwd_cpu);
+  m.impl("attention_bwd_native", &fastattn::cpu::attention_bwd_cpu);
+}

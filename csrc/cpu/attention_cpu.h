@@ -1,0 +1,79 @@
+// Parameters and entry points of the C++ CPU attention kernels: forward in
+// attention_fwd.cpp, backward in attention_bwd.cpp, torch binding in
+// attention.cpp. Contract and math: fastattn/ops/attention.py and
+// fastattn/reference.py (_attention, _attention_bwd).
+#pragma once
+
+#include <cstdint>
+
+#include "cpu/attention_tiles.h"
+
+namespace fastattn {
+namespace cpu {
+
+// Query rows and keys per tile. A tile's score block (64 x 64 floats, 16 KiB)
+// and its q, k, v, output slices (64 x D each) stay in L2 for every D <= 256.
+constexpr int64_t kBlockM = 64;
+constexpr int64_t kBlockN = 64;
+
+// Strides (elements) of a (B, H, L, D) tensor whose last dim is contiguous.
+struct Strides {
+  int64_t b = 0, h = 0, l = 0;
+};
+
+// Dropout constants (fastattn._rng): keep iff bits >= thresh, kept values
+// scaled by 1 / (1 - p).
+struct DropoutCfg {
+  bool on = false;
+  uint64_t seed = 0;
+  uint32_t thresh = 0;
+  double scale = 1.0;
+};
+
+// Shapes, lengths, mask and flags of one call, shared by forward and backward.
+struct Problem {
+  int64_t B = 0, Hq = 0, Hkv = 0, Lq = 0, Lk = 0, D = 0;
+  const int64_t* q_len = nullptr;   // (B,) valid query rows, clamped to [0, Lq]
+  const int64_t* kv_len = nullptr;  // (B,) valid keys, clamped to [0, Lk]
+  tiles::MaskView mask;             // (B, Hq, Lq, Lk) with broadcast strides
+  bool causal = false;              // bottom-right: j <= i + kv_len - q_len
+  double scale = 1.0;               // multiplies q . k
+  DropoutCfg drop;
+};
+
+// Forward: T the input dtype, A = tiles::acc_t<T>.
+template <typename T>
+struct FwdParams {
+  Problem pb;
+  const T* q = nullptr;    // (B, Hq, Lq, D)
+  const T* k = nullptr;    // (B, Hkv, Lk, D)
+  const T* v = nullptr;    // (B, Hkv, Lk, D)
+  T* out = nullptr;        // (B, Hq, Lq, D)
+  tiles::acc_t<T>* lse = nullptr;  // (B, Hq, Lq) contiguous, natural log
+  Strides qs, ks, vs, os;
+};
+
+template <typename T>
+struct BwdParams {
+  Problem pb;
+  const T* q = nullptr;     // (B, Hq, Lq, D)
+  const T* k = nullptr;     // (B, Hkv, Lk, D)
+  const T* v = nullptr;     // (B, Hkv, Lk, D)
+  const T* dout = nullptr;  // (B, Hq, Lq, D)
+  const tiles::acc_t<T>* lse = nullptr;    // (B, Hq, Lq) contiguous
+  const tiles::acc_t<T>* delta = nullptr;  // (B, Hq, Lq): dout_i . out_i - dlse_i
+  T* dq = nullptr;          // (B, Hq, Lq, D)
+  T* dk = nullptr;          // (B, Hkv, Lk, D)
+  T* dv = nullptr;          // (B, Hkv, Lk, D)
+  tiles::acc_t<T>* dbias = nullptr;  // (B, Hq, Lq, Lk) contiguous, or null
+  Strides qs, ks, vs, dos, dqs, dks, dvs;
+};
+
+// Run the kernels over the whole problem (at::parallel_for inside).
+template <typename T>
+void attention_fwd_kernel(const FwdParams<T>& p);
+template <typename T>
+void attention_bwd_kernel(const BwdParams<T>& p);
+
+}  // namespace cpu
+}  // namespace fastattn
