@@ -1,0 +1,96 @@
+// Launcher API of the CUDA attention kernels (attention_fwd.cu,
+// attention_bwd.cu, attention_simt.cu).
+//
+// Plain C++ types only (no torch headers): the kernels compile as pure CUDA
+// and the torch binding (attention_binding.cpp) stays thin. Contract and
+// math: fastattn/ops/attention.py and fastattn/reference.py.
+//
+// Tensors are described by a device pointer and their strides in elements:
+// q/out/dq (B, Hq, Lq, D), k/v/dk/dv (B, Hkv, Lk, D), each with a contiguous
+// last dim and any batch/head/sequence strides. For float16/bfloat16 the
+// pointers must be 16-byte aligned and the batch/head/sequence strides
+// multiples of 8 elements (the tensor-core kernels copy 16-byte chunks with
+// cp.async); attention_strides_ok() says whether a tensor qualifies, the
+// binding copies those that do not. float32 has no alignment requirement.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+namespace fastattn {
+namespace cuda {
+namespace attn {
+
+enum class DType { kFloat16, kBFloat16, kFloat32 };
+
+// Element type of attn_mask: none, bool (one byte, nonzero = may attend) or
+// an additive bias in one of the float types (converted to float32 on load).
+enum class MaskKind { kNone, kBool, kFloat16, kBFloat16, kFloat32 };
+
+// A (B, H, L, D) tensor with unit stride in D.
+struct Tensor4 {
+  const void* ptr = nullptr;
+  int64_t stride_b = 0, stride_h = 0, stride_l = 0;
+};
+
+// A writable (B, H, L, D) tensor with unit stride in D.
+struct OutTensor4 {
+  void* ptr = nullptr;
+  int64_t stride_b = 0, stride_h = 0, stride_l = 0;
+};
+
+// Arguments shared by the forward and the backward.
+struct Problem {
+  Tensor4 q, k, v;
+  const void* mask = nullptr;       // (B, Hq, Lq, Lk) view, any strides (0 = broadcast)
+  int64_t mask_stride_b = 0, mask_stride_h = 0, mask_stride_q = 0, mask_stride_k = 0;
+  MaskKind mask_kind = MaskKind::kNone;
+  const int32_t* q_lengths = nullptr;   // (B,) valid query rows per batch row, or nullptr (= Lq)
+  const int32_t* kv_lengths = nullptr;  // (B,) valid keys per batch row, or nullptr (= Lk)
+  const int64_t* seed = nullptr;        // dropout seed (one int64 on the device), or nullptr
+  double dropout_p = 0.0;               // 0 disables dropout
+  int64_t B = 0, Hq = 0, Hkv = 0, Lq = 0, Lk = 0, D = 0;
+  float scale = 1.f;                    // multiplies q.k
+  bool causal = false;                  // bottom-right aligned per batch row
+  DType dtype = DType::kFloat32;
+};
+
+struct FwdParams {
+  Problem pb;
+  OutTensor4 out;        // (B, Hq, Lq, D) output
+  float* lse = nullptr;  // (B, Hq, Lq) contiguous output, natural log, -inf for empty rows
+};
+
+struct BwdParams {
+  Problem pb;
+  Tensor4 dout;                 // (B, Hq, Lq, D) gradient of out
+  Tensor4 out;                  // (B, Hq, Lq, D) forward output
+  const float* lse = nullptr;   // (B, Hq, Lq) contiguous, from the forward
+  const float* dlse = nullptr;  // (B, Hq, Lq) contiguous gradient of lse, or nullptr
+  float* delta = nullptr;       // workspace (B, Hq, Lq): rowsum(dout * out) - dlse
+  OutTensor4 dq, dk, dv;        // outputs like q, k, v
+  float* dmask = nullptr;       // (B, Hq, Lq, Lk) contiguous, zero-filled by the caller, or
+                                // nullptr: the bias gradient of every pair that may attend
+};
+
+// Whether a 16-bit tensor meets the tensor-core kernels' alignment rules.
+inline bool attention_strides_ok(const void* ptr, int64_t sb, int64_t sh, int64_t sl) {
+  return reinterpret_cast<uintptr_t>(ptr) % 16 == 0 && sb % 8 == 0 && sh % 8 == 0 &&
+         sl % 8 == 0;
+}
+
+// Enqueue the kernels on `stream`; return the first launch error (cudaSuccess
+// if none). Sizes must be positive (the binding handles empty problems) and
+// D a multiple of 8 in [8, 256].
+cudaError_t attention_fwd(const FwdParams& p, cudaStream_t stream);
+cudaError_t attention_bwd(const BwdParams& p, cudaStream_t stream);
+
+// float32 kernels on CUDA cores (exact fp32 arithmetic, no TF32); called by
+// attention_fwd / attention_bwd for DType::kFloat32.
+cudaError_t attention_fwd_simt(const FwdParams& p, cudaStream_t stream);
+cudaError_t attention_bwd_simt(const BwdParams& p, cudaStream_t stream);
+
+}  // namespace attn
+}  // namespace cuda
+}  // namespace fastattn

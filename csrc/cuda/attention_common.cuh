@@ -1,0 +1,323 @@
+// Device helpers shared by the CUDA attention kernels: the per-(batch, head)
+// view of a Problem (lengths, causal bounds, mask, dropout), and thin
+// wrappers over the sm_80 instructions the tensor-core kernels use
+// (cp.async, ldmatrix, mma.sync m16n8k16).
+//
+// Scores are kept in log2 units: x = (q.k * scale + bias) * log2(e), so that
+// softmax weights are exp2(x - max) (one MUFU.EX2 each) and
+// lse = (max + log2(sum)) * ln(2).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common/dropout_hash.h"
+#include "cuda/attention.h"
+
+namespace fastattn {
+namespace cuda {
+namespace attn {
+
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// ------------------------------------------------------------------ rows
+
+// Everything a block needs to know about its (batch row, query head):
+// the valid lengths, the causal offset, and base pointers.
+struct HeadView {
+  int64_t b = 0, h = 0, hk = 0;  // batch row, query head, kv head (h / group)
+  int q_len = 0, kv_len = 0;     // clamped valid lengths
+  int causal_off = 0;            // query i may attend key j iff j <= i + causal_off
+  const unsigned char* mask = nullptr;  // mask base of (b, h), bytes; nullptr if none
+
+  // Whether the pair (i, j) may attend before the mask's own verdict.
+  __device__ __forceinline__ bool in_bounds(int i, int j, bool causal) const {
+    return i < q_len && j < kv_len && (!causal || j <= i + causal_off);
+  }
+};
+
+__device__ __forceinline__ int clamp_len(const int32_t* lengths, int64_t b, int64_t full) {
+  if (lengths == nullptr) return static_cast<int>(full);
+  const int v = lengths[b];
+  return v < 0 ? 0 : (v > full ? static_cast<int>(full) : v);
+}
+
+__device__ __forceinline__ int mask_elem_bytes(MaskKind kind) {
+  return kind == MaskKind::kFloat32 ? 4 : (kind == MaskKind::kBool ? 1 : 2);
+}
+
+__device__ __forceinline__ HeadView head_view(const Problem& pb, int64_t b, int64_t h) {
+  HeadView hv;
+  hv.b = b;
+  hv.h = h;
+  hv.hk = h / (pb.Hq / pb.Hkv);
+  hv.q_len = clamp_len(pb.q_lengths, b, pb.Lq);
+  hv.kv_len = clamp_len(pb.kv_lengths, b, pb.Lk);
+  hv.causal_off = hv.kv_len - hv.q_len;
+  if (pb.mask_kind != MaskKind::kNone) {
+    hv.mask = static_cast<const unsigned char*>(pb.mask) +
+              (b * pb.mask_stride_b + h * pb.mask_stride_h) * mask_elem_bytes(pb.mask_kind);
+  }
+  return hv;
+}
+
+// Applies the mask of pair (i, j) to a score `x` in log2 units: returns
+// -inf where the pair may not attend, x + bias * log2(e) otherwise.
+// Reads the mask only for in-bounds pairs, so padded rows/keys are never read.
+__device__ __forceinline__ float masked_score(const Problem& pb, const HeadView& hv, int i,
+                                              int j, float x) {
+  if (!hv.in_bounds(i, j, pb.causal)) return -INFINITY;
+  if (pb.mask_kind == MaskKind::kNone) return x;
+  const int64_t off = i * pb.mask_stride_q + j * pb.mask_stride_k;
+  switch (pb.mask_kind) {
+    case MaskKind::kBool:
+      return hv.mask[off] != 0 ? x : -INFINITY;
+    case MaskKind::kFloat16:
+      return x + __half2float(reinterpret_cast<const __half*>(hv.mask)[off]) * kLog2e;
+    case MaskKind::kBFloat16:
+      return x + __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(hv.mask)[off]) * kLog2e;
+    default:
+      return x + reinterpret_cast<const float*>(hv.mask)[off] * kLog2e;
+  }
+}
+
+// Last key (exclusive) that any query row in [row0, row_end) may attend,
+// clamped to >= 0: the key loop of a query tile stops there, so fully
+// padded and causally excluded key tiles are never visited.
+__device__ __forceinline__ int key_end(const HeadView& hv, bool causal, int row0, int row_end) {
+  const int last_row = min(row_end, hv.q_len) - 1;
+  if (last_row < row0) return 0;
+  int end = hv.kv_len;
+  if (causal) end = min(end, last_row + hv.causal_off + 1);
+  return max(end, 0);
+}
+
+// First query row that may attend a key in [key0, ...): the query loop of a
+// key tile (dK/dV) starts at the query tile holding it.
+__device__ __forceinline__ int query_begin(const HeadView& hv, bool causal, int key0) {
+  return causal ? max(0, key0 - hv.causal_off) : 0;
+}
+
+// ---------------------------------------------------------------- dropout
+
+// Dropout of one kernel launch: the keep threshold and 1 / (1 - p); the
+// seed is read on the device (no host synchronisation).
+struct Dropout {
+  bool on = false;
+  uint32_t threshold = 0;
+  float inv_keep = 1.f;
+  uint64_t seed = 0;
+};
+
+__device__ __forceinline__ Dropout make_dropout(const Problem& pb, float inv_keep,
+                                                uint32_t threshold) {
+  Dropout d;
+  d.on = pb.dropout_p > 0.0;
+  if (d.on) {
+    d.seed = static_cast<uint64_t>(*pb.seed);
+    d.threshold = threshold;
+    d.inv_keep = inv_keep;
+  }
+  return d;
+}
+
+// The logical dropout row of query i of (b, h): (b * Hq + h) * Lq + i.
+__device__ __forceinline__ uint64_t dropout_row(const Problem& pb, const HeadView& hv, int i) {
+  return static_cast<uint64_t>((hv.b * pb.Hq + hv.h) * pb.Lq + i);
+}
+
+// Multiplier of a probability: 0 if dropped, 1 / (1 - p) if kept.
+__device__ __forceinline__ float dropout_factor(const Dropout& d, dropout::RowKeys keys, int j) {
+  return dropout::keep(keys, static_cast<uint32_t>(j), d.threshold) ? d.inv_keep : 0.f;
+}
+
+// ------------------------------------------------------------- elements
+
+template <typename T> struct Elem;
+template <> struct Elem<__half> {
+  __device__ static float to_float(__half x) { return __half2float(x); }
+  __device__ static __half from_float(float x) { return __float2half_rn(x); }
+  // Two floats as one 32-bit register of two halves (lo = first).
+  __device__ static uint32_t pack2(float lo, float hi) {
+    __half2 v = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+template <> struct Elem<__nv_bfloat16> {
+  __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+  __device__ static uint32_t pack2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&v);
+  }
+};
+template <> struct Elem<float> {
+  __device__ static float to_float(float x) { return x; }
+  __device__ static float from_float(float x) { return x; }
+};
+
+// --------------------------------------------------- sm_80 instructions
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte asynchronous global->shared copy; when !valid the 16 bytes are
+// zero-filled and nothing is read (src-size 0).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  const int bytes = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+// Wait until at most N committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Four 8x8 b16 matrices; lane l supplies the row address of matrix l / 8,
+// row l % 8, and receives in r[m] the elements (l / 4, 2 (l % 4) + {0, 1})
+// of matrix m (transposed with .trans: elements (2 (l % 4) + {0, 1}, l / 4)).
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c += a (16x16, row-major) * b (16x8, column-major), fp32 accumulators.
+// Fragment layout (g = lane / 4, t = lane % 4):
+//   a[0] (g, 2t..2t+1)  a[1] (g+8, 2t..)  a[2] (g, 2t+8..)  a[3] (g+8, 2t+8..)
+//   b0 (k 2t..2t+1, n g)  b1 (k 2t+8.., n g)
+//   c[0..1] (g, 2t..2t+1)  c[2..3] (g+8, 2t..2t+1)
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&c)[4], const uint32_t (&a)[4],
+                                                 uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&c)[4], const uint32_t (&a)[4],
+                                                        uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+      "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// ------------------------------------------------------ tile operations
+
+// Shared-memory row stride (elements) of a tile with head-dim bucket D:
+// 16 bytes of padding shift consecutive rows by 4 banks, so the 8 row
+// addresses of an ldmatrix hit 32 distinct banks (no swizzle needed).
+template <int D>
+constexpr int smem_stride() {
+  return D + 8;
+}
+
+// Starts the copy of rows [row0, row0 + ROWS) of a (L, D) slice into a
+// shared tile (ROWS x smem_stride<D>()); rows >= rows_valid and columns
+// >= d are zero-filled. Caller commits the cp.async group.
+template <typename T, int ROWS, int D, int THREADS>
+__device__ __forceinline__ void load_tile_async(T* tile, const T* src, int64_t row_stride,
+                                                int row0, int rows_valid, int d) {
+  constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
+  constexpr int kChunks = ROWS * kChunksPerRow;
+#pragma unroll
+  for (int c0 = 0; c0 < kChunks; c0 += THREADS) {
+    const int c = c0 + static_cast<int>(threadIdx.x);
+    if (kChunks % THREADS == 0 || c < kChunks) {
+      const int r = c / kChunksPerRow;
+      const int col = (c % kChunksPerRow) * 8;
+      const bool valid = row0 + r < rows_valid && col < d;
+      const T* g = valid ? src + static_cast<int64_t>(row0 + r) * row_stride + col : src;
+      cp_async16(smem_addr(tile + r * smem_stride<D>() + col), g, valid);
+    }
+  }
+}
+
+// A fragments (16 rows x 16 columns starting at column k0) of a row-major
+// shared tile whose row 0 is the warp's first row.
+template <int D>
+__device__ __forceinline__ void load_a_frag(uint32_t (&a)[4], const void* tile, int k0,
+                                            int lane) {
+  const int row = lane & 15;
+  const int col = k0 + (lane >> 4) * 8;
+  ldmatrix_x4(a, smem_addr(static_cast<const char*>(tile) +
+                           (row * smem_stride<D>() + col) * 2));
+}
+
+// B fragments of two adjacent 8-column blocks for "x @ tile^T": the tile is
+// (N rows, D) row-major and plays B[k = column][n = row]. Rows n0..n0+15,
+// columns k0..k0+15: b[0], b[1] for rows n0..n0+7; b[2], b[3] for n0+8..15.
+template <int D>
+__device__ __forceinline__ void load_bt_frag(uint32_t (&b)[4], const void* tile, int n0, int k0,
+                                             int lane) {
+  const int row = n0 + (lane & 7) + (lane >> 4) * 8;
+  const int col = k0 + ((lane >> 3) & 1) * 8;
+  ldmatrix_x4(b, smem_addr(static_cast<const char*>(tile) +
+                           (row * smem_stride<D>() + col) * 2));
+}
+
+// B fragments of two adjacent 8-column blocks for "x @ tile": the tile is
+// (K rows, D) row-major and plays B[k = row][n = column]. Rows k0..k0+15,
+// columns n0..n0+15: b[0], b[1] for columns n0..n0+7; b[2], b[3] for n0+8..15.
+template <int D>
+__device__ __forceinline__ void load_b_frag(uint32_t (&b)[4], const void* tile, int k0, int n0,
+                                            int lane) {
+  const int row = k0 + (lane & 7) + ((lane >> 3) & 1) * 8;
+  const int col = n0 + (lane >> 4) * 8;
+  ldmatrix_x4_trans(b, smem_addr(static_cast<const char*>(tile) +
+                                 (row * smem_stride<D>() + col) * 2));
+}
+
+// Sum over the 4 lanes of a quad (the lanes sharing one accumulator row).
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  x += __shfl_xor_sync(0xffffffffu, x, 2);
+  return x;
+}
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+  return x;
+}
+__device__ __forceinline__ float warp_sum(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+  return x;
+}
+
+// Host side: the launch-time dropout constants.
+inline uint32_t dropout_threshold(double p) { return dropout::threshold(p); }
+inline float dropout_inv_keep(double p) { return p > 0.0 ? static_cast<float>(1.0 / (1.0 - p)) : 1.f; }
+
+}  // namespace attn
+}  // namespace cuda
+}  // namespace fastattn
