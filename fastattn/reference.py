@@ -145,7 +145,7 @@ def _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, sca
     # A row with nothing to attend is all -inf: give it out 0, lse -inf and
     # zero gradients. Computing softmax/logsumexp on such a row would give
     # NaN (and NaN gradients), so those rows see zeros instead.
-    live = (s > float("-inf")).any(dim=-1, keepdim=True)
+    live = (s != float("-inf")).any(dim=-1, keepdim=True)  # NaN rows stay NaN
     s_live = torch.where(live, s, torch.zeros((), dtype=ct, device=dev))
     p = torch.softmax(s_live, dim=-1) * live
     lse = torch.where(live.squeeze(-1), torch.logsumexp(s_live, dim=-1),
@@ -252,7 +252,7 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
             s = s.masked_fill(~attn_mask, float("-inf"))
         else:
             s = s + attn_mask.to(ct)
-    live = (s > float("-inf")).any(dim=-1, keepdim=True)
+    live = (s != float("-inf")).any(dim=-1, keepdim=True)  # NaN rows stay NaN
     s = torch.where(live, s, torch.zeros((), dtype=ct, device=query.device))
     p = torch.softmax(s, dim=-1) * live
     if dropout_p > 0:

@@ -207,7 +207,7 @@ def attention_fwd_kernel(
                                BLOCK_N, True, CAUSAL, MASK_KIND, DOT_PRECISION, DROPOUT)
 
     # Normalize; rows that attended nothing (l = 0) and padded rows give 0 / -inf.
-    row_ok = (offs_m < q_len) & (l_i > 0)
+    row_ok = (offs_m < q_len) & (l_i != 0)  # NaN rows stay NaN, as in torch
     l_safe = tl.where(row_ok, l_i, 1.0)
     denom = l_safe
     if DROPOUT:
