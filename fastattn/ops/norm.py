@@ -167,6 +167,20 @@ def _norm(x, residual, weight, bias, eps, dropout_p, is_rms, prenorm, normalized
     return y, h.view(out_shape)
 
 
+_AUTOCAST_LOW = (torch.float16, torch.bfloat16)
+
+
+def _autocast_fp32(x, *tensors):
+    """Under torch.autocast, the norms run in float32 (fp16/bf16 tensors are
+    cast up; the result is float32), as torch's layer_norm does under CUDA
+    autocast. Autocast mixes dtypes (a bf16 branch output, an fp32 residual
+    and fp32 weights), which outside autocast is an error."""
+    if not (isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type)):
+        return (x, *tensors)
+    return tuple(t.float() if isinstance(t, Tensor) and t.dtype in _AUTOCAST_LOW else t
+                 for t in (x, *tensors))
+
+
 def _check_norm_args(x, normalized_shape, weight, bias, eps, residual=None, dropout_p=0.0,
                      eps_default_from_dtype=False):
     _checks.check_tensor("x", x)
@@ -199,6 +213,7 @@ def layer_norm(x: Tensor, normalized_shape, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5, *,
                backend: str = "auto") -> Tensor:
     """Same as ``torch.nn.functional.layer_norm``; statistics in fp32."""
+    x, weight, bias = _autocast_fp32(x, weight, bias)
     shape, eps, _ = _check_norm_args(x, normalized_shape, weight, bias, eps)
     return _norm(x, None, weight, bias, eps, 0.0, False, False, shape, backend)
 
@@ -206,6 +221,7 @@ def layer_norm(x: Tensor, normalized_shape, weight: Optional[Tensor] = None,
 def rms_norm(x: Tensor, normalized_shape, weight: Optional[Tensor] = None,
              eps: Optional[float] = None, *, backend: str = "auto") -> Tensor:
     """Same as ``torch.nn.functional.rms_norm`` (eps=None: finfo(x.dtype).eps)."""
+    x, weight = _autocast_fp32(x, weight)
     shape, eps, _ = _check_norm_args(x, normalized_shape, weight, None, eps,
                                      eps_default_from_dtype=True)
     return _norm(x, None, weight, None, eps, 0.0, True, False, shape, backend)
@@ -220,6 +236,7 @@ def add_layer_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tenso
     The norm is over the last dimension (the shape of ``weight``, or the
     last dim of ``x`` when weight is None).
     """
+    x, residual, weight, bias = _autocast_fp32(x, residual, weight, bias)
     shape, eps, dropout_p = _check_norm_args(x, _shape_from_weight(x, weight), weight, bias,
                                              eps, residual, dropout_p)
     prenorm = _checks.check_flag("prenorm", prenorm)
@@ -231,6 +248,7 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]
                  prenorm: bool = False, backend: str = "auto"):
     """``h = dropout(x) + residual``; returns ``rms_norm(h)``, or
     ``(rms_norm(h), h)`` when ``prenorm=True``."""
+    x, residual, weight = _autocast_fp32(x, residual, weight)
     shape, eps, dropout_p = _check_norm_args(x, _shape_from_weight(x, weight), weight, None,
                                              eps, residual, dropout_p,
                                              eps_default_from_dtype=True)
