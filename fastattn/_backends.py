@@ -26,12 +26,13 @@ BACKENDS = ("triton", "cuda", "cpu", "reference")
 # op family -> native op in fastattn._C that the cpu/cuda backends call.
 NATIVE_OPS = {
     "norm": "fastattn::norm_fwd_native",
+    "attention": "fastattn::attention_fwd_native",
 }
 
 # op family -> backends with an implementation (compiled ones still need _C).
 OP_BACKENDS = {
     "norm": ("triton", "cuda", "cpu", "reference"),
-    "attention": ("triton", "reference"),
+    "attention": ("triton", "cuda", "cpu", "reference"),
 }
 
 # Preference of `auto` per device type. On CUDA it is provisional until GPU

@@ -37,26 +37,33 @@ constexpr A kNegInf = -std::numeric_limits<A>::infinity();
 // Independent partial results per row reduction.
 constexpr int kLanes = 16;
 
+// Products sum at most this many terms in registers before adding them into
+// C: a blocked summation, whose rounding error grows with K / kSumChunk +
+// kSumChunk rather than with K (the sums run over D, or over up to Lq rows
+// in dk/dv, and must stay as accurate as PyTorch's matmul).
+constexpr int64_t kSumChunk = 16;
+
 // C[m, n] += sum_k A(m, k) * B[k, n] for a register block of MR rows and NR
 // columns: A(m, k) = a[m * sam + k * sak] (any strides: A may be a tile read
 // transposed), B rows contiguous with leading dim ldb, C with leading dim ldc.
-// The MR x NR accumulators stay in registers across the k loop.
+// The MR x NR partial sums stay in registers across a chunk of k.
 template <int MR, int NR, typename A>
 FASTATTN_INLINE void gemm_block(int64_t K, const A* __restrict a, int64_t sam, int64_t sak,
                                 const A* __restrict b, int64_t ldb, A* __restrict c,
                                 int64_t ldc) {
-  A acc[MR][NR];
-  for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < NR; ++n) acc[r][n] = c[r * ldc + n];
-  for (int64_t k = 0; k < K; ++k) {
-    const A* __restrict brow = b + k * ldb;
-    for (int r = 0; r < MR; ++r) {
-      const A av = a[r * sam + k * sak];
-      for (int n = 0; n < NR; ++n) acc[r][n] += av * brow[n];
+  for (int64_t k0 = 0; k0 < K; k0 += kSumChunk) {
+    const int64_t k1 = k0 + kSumChunk < K ? k0 + kSumChunk : K;
+    A acc[MR][NR] = {};
+    for (int64_t k = k0; k < k1; ++k) {
+      const A* __restrict brow = b + k * ldb;
+      for (int r = 0; r < MR; ++r) {
+        const A av = a[r * sam + k * sak];
+        for (int n = 0; n < NR; ++n) acc[r][n] += av * brow[n];
+      }
     }
+    for (int r = 0; r < MR; ++r)
+      for (int n = 0; n < NR; ++n) c[r * ldc + n] += acc[r][n];
   }
-  for (int r = 0; r < MR; ++r)
-    for (int n = 0; n < NR; ++n) c[r * ldc + n] = acc[r][n];
 }
 
 // C (M x N) += A (M x K) * B (K x N), layouts as in gemm_block. VB is the
@@ -75,12 +82,23 @@ FASTATTN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const A* a, int64
     for (; m < M; ++m) gemm_block<1, NR>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc);
   }
   if (n0 == N) return;
+  // Remaining columns (fewer than NR), one row and at most NR / 2 columns
+  // at a time: same chunked summation.
+  constexpr int NH = NR / 2;
   for (int64_t m = 0; m < M; ++m) {
-    A* __restrict crow = c + m * ldc;
-    for (int64_t k = 0; k < K; ++k) {
-      const A av = a[m * sam + k * sak];
-      const A* __restrict brow = b + k * ldb;
-      for (int64_t n = n0; n < N; ++n) crow[n] += av * brow[n];
+    for (int64_t n = n0; n < N; n += NH) {
+      const int64_t w = N - n < NH ? N - n : NH;
+      A* __restrict crow = c + m * ldc + n;
+      for (int64_t k0 = 0; k0 < K; k0 += kSumChunk) {
+        const int64_t k1 = k0 + kSumChunk < K ? k0 + kSumChunk : K;
+        A acc[NH] = {};
+        for (int64_t k = k0; k < k1; ++k) {
+          const A av = a[m * sam + k * sak];
+          const A* __restrict brow = b + k * ldb + n;
+          for (int64_t x = 0; x < w; ++x) acc[x] += av * brow[x];
+        }
+        for (int64_t x = 0; x < w; ++x) crow[x] += acc[x];
+      }
     }
   }
 }
