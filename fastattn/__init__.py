@@ -8,6 +8,8 @@ truth. Every op runs on the backends reported by fastattn.backends().
 from . import reference
 from ._backends import backends
 from .ops.attention import attention, scaled_dot_product_attention
+from .ops.attention_varlen import attention_varlen
+from .ops.padding import pad_input, unpad_input
 from .ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 from . import nn
 from .integrations import swap_modules
@@ -18,11 +20,14 @@ __all__ = [
     "add_layer_norm",
     "add_rms_norm",
     "attention",
+    "attention_varlen",
     "backends",
     "layer_norm",
     "nn",
+    "pad_input",
     "reference",
     "rms_norm",
     "scaled_dot_product_attention",
     "swap_modules",
+    "unpad_input",
 ]

@@ -205,25 +205,80 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     return (out, lse) if return_lse else out
 
 
+def _varlen_positions(cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
+    """For each packed token, its flat position b * max_seqlen + i in the
+    padded (B, max_seqlen) layout."""
+    cu = cu_seqlens.to(torch.int64)
+    lens = cu[1:] - cu[:-1]
+    seq = torch.repeat_interleave(torch.arange(lens.numel(), device=cu.device), lens)
+    return seq * max_seqlen + torch.arange(seq.numel(), device=cu.device) - cu[seq]
+
+
+def _to_padded(t: Tensor, pos: Tensor, batch: int, max_seqlen: int) -> Tensor:
+    """Packed (total, H, ...) -> padded (B, H, max_seqlen, ...), zeros elsewhere."""
+    full = t.new_zeros((batch * max_seqlen, *t.shape[1:])).index_put((pos,), t)
+    return full.view(batch, max_seqlen, *t.shape[1:]).transpose(1, 2)
+
+
+def _to_packed(t: Tensor, pos: Tensor) -> Tensor:
+    """Padded (B, H, L, ...) -> packed (total, H, ...)."""
+    return t.transpose(1, 2).reshape(t.shape[0] * t.shape[2], t.shape[1],
+                                      *t.shape[3:])[pos]
+
+
+def _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k):
+    """(q, k, v, q_lengths, kv_lengths, pos_q, pos_k) of the padded batch
+    that the packed sequences are: sequence b is batch row b."""
+    B = cu_seqlens_q.numel() - 1
+    pos_q = _varlen_positions(cu_seqlens_q, max_seqlen_q)
+    pos_k = _varlen_positions(cu_seqlens_k, max_seqlen_k)
+    qp = _to_padded(q, pos_q, B, max_seqlen_q)
+    kp = _to_padded(k, pos_k, B, max_seqlen_k)
+    vp = _to_padded(v, pos_k, B, max_seqlen_k)
+    q_lengths = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).to(torch.int64)
+    kv_lengths = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).to(torch.int64)
+    return qp, kp, vp, q_lengths, kv_lengths, pos_q, pos_k
+
+
+def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                      dropout_p, scale, seed=None):
+    """(out (total_q, Hq, D), lse (Hq, total_q)) of packed sequences, as the
+    padded batch with per-row lengths: causal is bottom-right per sequence,
+    and dropout draws the padded layout's mask (row (b * Hq + h) *
+    max_seqlen_q + i), which is what the kernels draw for packed inputs."""
+    qp, kp, vp, ql, kl, pos_q, _ = _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                  max_seqlen_q, max_seqlen_k)
+    out, lse = _attention(qp, kp, vp, causal, None, ql, kl, dropout_p, scale, seed)
+    lse_packed = _to_packed(lse.unsqueeze(-1), pos_q)[..., 0].transpose(0, 1)
+    return _to_packed(out, pos_q), lse_packed
+
+
+def _attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
+                          max_seqlen_q, max_seqlen_k, causal, scale, dropout_p=0.0, seed=None):
+    """(dq, dk, dv) of _attention_varlen by _attention_bwd on the padded batch."""
+    qp, kp, vp, ql, kl, pos_q, pos_k = _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                                      max_seqlen_q, max_seqlen_k)
+    B = qp.shape[0]
+    outp = _to_padded(out, pos_q, B, max_seqlen_q)
+    lsep = _to_padded(lse.transpose(0, 1).unsqueeze(-1), pos_q, B, max_seqlen_q)[..., 0]
+    lsep = torch.where(torch.arange(max_seqlen_q, device=q.device) < ql.view(-1, 1, 1), lsep,
+                       float("-inf"))
+    doutp = _to_padded(dout, pos_q, B, max_seqlen_q)
+    dlsep = (None if dlse is None else
+             _to_padded(dlse.transpose(0, 1).unsqueeze(-1), pos_q, B, max_seqlen_q)[..., 0])
+    dq, dk, dv, _ = _attention_bwd(doutp, dlsep, qp, kp, vp, outp, lsep, None, ql, kl, causal,
+                                   scale, dropout_p, seed)
+    return _to_packed(dq, pos_q), _to_packed(dk, pos_k), _to_packed(dv, pos_k)
+
+
 def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
                      cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
                      causal: bool = False, dropout_p: float = 0.0,
                      scale: Optional[float] = None, return_lse: bool = False,
                      backend: str = "reference"):
-    """Packed sequences: each sequence is attended on its own (no dropout
-    mask correspondence with the padded layout)."""
-    outs, lses = [], []
-    bounds_q = cu_seqlens_q.tolist()
-    bounds_k = cu_seqlens_k.tolist()
-    for b in range(len(bounds_q) - 1):
-        qs = q[bounds_q[b]:bounds_q[b + 1]].transpose(0, 1).unsqueeze(0)
-        ks = k[bounds_k[b]:bounds_k[b + 1]].transpose(0, 1).unsqueeze(0)
-        vs = v[bounds_k[b]:bounds_k[b + 1]].transpose(0, 1).unsqueeze(0)
-        o, lse = _attention(qs, ks, vs, causal, None, None, None, dropout_p, scale)
-        outs.append(o[0].transpose(0, 1))
-        lses.append(lse[0])
-    out = torch.cat(outs, dim=0) if outs else q.new_empty(q.shape)
-    lse = torch.cat(lses, dim=1) if lses else q.new_empty((q.shape[1], 0), dtype=torch.float32)
+    """Packed sequences, each attended on its own; lse is (Hq, total_q)."""
+    out, lse = _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                 max_seqlen_k, causal, dropout_p, scale)
     return (out, lse) if return_lse else out
 
 

@@ -169,7 +169,7 @@ def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, device):
 
 
 def _kernel_meta(q: torch.Tensor, causal: bool, mask: Optional[torch.Tensor],
-                 q_lengths, kv_lengths, dropout_p: float) -> dict:
+                 q_lengths, kv_lengths, dropout_p: float, varlen: bool = False) -> dict:
     """Compile-time parameters shared by the kernels."""
     D = q.shape[-1]
     if q.dtype in (torch.float32, torch.float64):
@@ -187,7 +187,7 @@ def _kernel_meta(q: torch.Tensor, causal: bool, mask: Optional[torch.Tensor],
     return dict(
         BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=bool(causal), MASK_KIND=kind,
         HAS_QLENS=q_lengths is not None, HAS_KVLENS=kv_lengths is not None,
-        DROPOUT=dropout_p > 0,
+        DROPOUT=dropout_p > 0, VARLEN=varlen,
         ACC_DTYPE=tl.float64 if q.dtype == torch.float64 else tl.float32,
         DOT_PRECISION=precision,
     )
@@ -215,6 +215,47 @@ def _dropout_args(seed: Optional[torch.Tensor], dropout_p: float, dummy: torch.T
     return dummy, 0, 1.0
 
 
+# ------------------------------------------------------------------ layouts
+
+
+class _Layout:
+    """How the kernels see q/k/v: (B, H, L, D) tensors, or packed
+    (total, H, D) sequences delimited by cu_seqlens (VARLEN). For packed
+    inputs the batch stride is 0 (the kernels add the sequence's start
+    token instead), L is the longest sequence, and the lse is (H, total)."""
+
+    def __init__(self, q, k, q_lengths, kv_lengths, cu_q=None, cu_k=None, max_q=0, max_k=0):
+        self.varlen = cu_q is not None
+        if self.varlen:
+            self.B = cu_q.numel() - 1
+            self.Hq, self.Hkv, self.D = q.shape[1], k.shape[1], q.shape[2]
+            self.Lq, self.Lk = max_q, max_k
+            self.lens = (cu_q, cu_k)
+            self.lse_shape = (self.Hq, q.shape[0])
+        else:
+            self.B, self.Hq, self.Lq, self.D = q.shape
+            self.Hkv, self.Lk = k.shape[1], k.shape[2]
+            self.lens = (q_lengths, kv_lengths)
+            self.lse_shape = (self.B, self.Hq, self.Lq)
+
+    def strides(self, t: torch.Tensor) -> tuple:
+        """(batch, head, token) strides of q/k/v/out-like tensors."""
+        if self.varlen:
+            return (0, t.stride(1), t.stride(0))
+        return (t.stride(0), t.stride(1), t.stride(2))
+
+    def lse_strides(self) -> tuple:
+        """(batch, head) strides of lse/delta (tokens are contiguous)."""
+        if self.varlen:
+            return (0, self.lse_shape[1])
+        return (self.Hq * self.Lq, self.Lq)
+
+    def meta(self, q, causal, mask, dropout_p) -> dict:
+        if self.varlen:
+            return _kernel_meta(q, causal, None, None, None, dropout_p, varlen=True)
+        return _kernel_meta(q, causal, mask, *self.lens, dropout_p)
+
+
 # ------------------------------------------------------------------ forward
 
 
@@ -222,25 +263,37 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
                   kv_lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor],
                   causal: bool, scale: float, dropout_p: float = 0.0):
-    B, Hq, Lq, D = q.shape
-    Hkv, Lk = k.shape[1], k.shape[2]
+    return _forward(q, k, v, mask, seed, causal, scale, dropout_p,
+                    _Layout(q, k, q_lengths, kv_lengths))
+
+
+def attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                         cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
+                         max_seqlen_q: int, max_seqlen_k: int, seed: Optional[torch.Tensor],
+                         causal: bool, scale: float, dropout_p: float = 0.0):
+    """Packed q (total_q, Hq, D), k/v (total_k, Hkv, D) -> out like q, lse
+    (Hq, total_q)."""
+    layout = _Layout(q, k, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    return _forward(q, k, v, None, seed, causal, scale, dropout_p, layout)
+
+
+def _forward(q, k, v, mask, seed, causal, scale, dropout_p, lay: _Layout):
     out = torch.empty_like(q)  # keeps q's memory layout (e.g. B, L, H, D)
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    lse = torch.empty((B, Hq, Lq), dtype=lse_dtype, device=q.device)
-    if out.numel() == 0:
-        return out, lse.fill_(float("-inf"))
+    lse = torch.empty(lay.lse_shape, dtype=lse_dtype, device=q.device)
+    if out.numel() == 0 or lay.B == 0 or lay.Lq == 0:
+        return out.zero_(), lse.fill_(float("-inf"))
+    if lay.varlen and lay.Lk == 0:  # every sequence is empty of keys
+        return out.zero_(), lse.fill_(float("-inf"))
+    B, Hq, Hkv, Lq, Lk = lay.B, lay.Hq, lay.Hkv, lay.Lq, lay.Lk
     m, m_strides = _mask_arg(mask, (B, Hq, Lq, Lk), q)
-    ql = q_lengths if q_lengths is not None else q
-    kvl = kv_lengths if kv_lengths is not None else q
-    meta = _kernel_meta(q, causal, mask, q_lengths, kv_lengths, dropout_p)
+    ql, kvl = (t if t is not None else q for t in lay.lens)
+    meta = lay.meta(q, causal, mask, dropout_p)
     seed_t, threshold, drop_scale = _dropout_args(seed, dropout_p, q)
     args = (q, k, v, out, lse, m, ql, kvl, seed_t,
-            q.stride(0), q.stride(1), q.stride(2),
-            k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2),
-            out.stride(0), out.stride(1), out.stride(2),
-            *m_strides,
-            Hq, Hq // Hkv, Lq, Lk, D, scale * fwd.LOG2E.value, threshold, drop_scale,
+            *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(out),
+            *m_strides, *lay.lse_strides(),
+            Hq, Hq // Hkv, Lq, Lk, lay.D, scale * fwd.LOG2E.value, threshold, drop_scale,
             _len_bucket(Lq, Lk))
     _launch("fwd", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args, meta, q.device)
     return out, lse
@@ -262,57 +315,71 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
     dims: O(B Hq Lq Lk) extra memory, spent only when a float mask requires
     grad. Tiles the kernels skip keep their zeros.
     """
-    B, Hq, Lq, D = q.shape
-    Hkv, Lk = k.shape[1], k.shape[2]
+    lay = _Layout(q, k, q_lengths, kv_lengths)
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    want_dbias = mask_grad and mask is not None and mask.dtype != torch.bool
+    dbias = (torch.zeros((lay.B, lay.Hq, lay.Lq, lay.Lk), dtype=acc_dtype, device=q.device)
+             if want_dbias else None)
+    dq, dk, dv = _backward(dout, dlse, q, k, v, out, lse, mask, seed, causal, scale, dropout_p,
+                           dbias, lay)
+    return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
+
+
+def attention_varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
+                         k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                         lse: torch.Tensor, cu_seqlens_q: torch.Tensor,
+                         cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
+                         seed: Optional[torch.Tensor], causal: bool, scale: float,
+                         dropout_p: float):
+    """(dq, dk, dv) of attention_varlen_fwd."""
+    layout = _Layout(q, k, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
+    return _backward(dout, dlse, q, k, v, out, lse, None, seed, causal, scale, dropout_p, None,
+                     layout)
+
+
+def _backward(dout, dlse, q, k, v, out, lse, mask, seed, causal, scale, dropout_p, dbias,
+              lay: _Layout):
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
+    if q.numel() == 0 or k.numel() == 0 or lay.B == 0 or lay.Lq == 0 or lay.Lk == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    B, Hq, Hkv, Lq, Lk, D = lay.B, lay.Hq, lay.Hkv, lay.Lq, lay.Lk, lay.D
     acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    want_dbias = mask_grad and mask is not None and mask.dtype != torch.bool
-    dbias = (torch.zeros((B, Hq, Lq, Lk), dtype=acc_dtype, device=q.device) if want_dbias
-             else None)
-    if q.numel() == 0 or k.numel() == 0:
-        dq.zero_(), dk.zero_(), dv.zero_()
-        return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
-
-    meta = _kernel_meta(q, causal, mask, q_lengths, kv_lengths, dropout_p)
+    meta = lay.meta(q, causal, mask, dropout_p)
     seed_t, threshold, drop_scale = _dropout_args(seed, dropout_p, q)
     m, m_strides = _mask_arg(mask, (B, Hq, Lq, Lk), q)
-    ql = q_lengths if q_lengths is not None else q
-    kvl = kv_lengths if kv_lengths is not None else q
+    ql, kvl = (t if t is not None else q for t in lay.lens)
     has_dlse = dlse is not None
     dlse = dlse.contiguous() if has_dlse else lse
 
-    delta = torch.empty((B, Hq, Lq), dtype=acc_dtype, device=q.device)
-    bwd.attention_bwd_preprocess_kernel[(triton.cdiv(Lq, _PRE_BLOCK_M), Hq, B)](
-        out, dout, dlse, delta,
-        out.stride(0), out.stride(1), out.stride(2),
-        dout.stride(0), dout.stride(1), dout.stride(2),
-        Hq, Lq, D,
+    # delta has lse's layout; packed rows are one batch of total_q tokens.
+    delta = torch.empty(lay.lse_shape, dtype=acc_dtype, device=q.device)
+    pre_b, pre_l = (1, lay.lse_shape[1]) if lay.varlen else (B, Lq)
+    bwd.attention_bwd_preprocess_kernel[(triton.cdiv(pre_l, _PRE_BLOCK_M), Hq, pre_b)](
+        out, dout, dlse, delta, *lay.strides(out), *lay.strides(dout),
+        Hq, pre_l, D,
         BLOCK_D=meta["BLOCK_D"], HAS_DLSE=has_dlse, ACC_DTYPE=meta["ACC_DTYPE"],
         BLOCK_M=_PRE_BLOCK_M)
 
-    common_strides = (q.stride(0), q.stride(1), q.stride(2),
-                      k.stride(0), k.stride(1), k.stride(2),
-                      v.stride(0), v.stride(1), v.stride(2),
-                      dout.stride(0), dout.stride(1), dout.stride(2))
+    common_strides = (*lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(dout))
     qk_scale = scale * fwd.LOG2E.value
     bucket = _len_bucket(Lq, Lk)
+    ql_kvl_seed = (ql, kvl, seed_t)
+    tail = (Lq, Lk, D, qk_scale, scale, threshold, drop_scale, bucket)
 
-    args = (q, k, v, dout, lse, delta, dk, dv, m, ql, kvl, seed_t, *common_strides,
-            dk.stride(0), dk.stride(1), dk.stride(2),
-            dv.stride(0), dv.stride(1), dv.stride(2),
-            *m_strides, Hkv, Hq // Hkv, Lq, Lk, D, qk_scale, scale, threshold, drop_scale,
-            bucket)
+    args = (q, k, v, dout, lse, delta, dk, dv, m, *ql_kvl_seed, *common_strides,
+            *lay.strides(dk), *lay.strides(dv), *m_strides, *lay.lse_strides(),
+            Hkv, Hq // Hkv, *tail)
     _launch("bwd_kv", lambda bm, bn: (triton.cdiv(Lk, bn), Hkv, B), args, meta, q.device)
 
-    args = (q, k, v, dout, lse, delta, dq, dbias if want_dbias else q, m, ql, kvl, seed_t,
-            *common_strides, dq.stride(0), dq.stride(1), dq.stride(2),
-            *m_strides, Hq, Hq // Hkv, Lq, Lk, D, qk_scale, scale, threshold, drop_scale,
-            bucket)
+    want_dbias = dbias is not None
+    args = (q, k, v, dout, lse, delta, dq, dbias if want_dbias else q, m, *ql_kvl_seed,
+            *common_strides, *lay.strides(dq), *m_strides, *lay.lse_strides(),
+            Hq, Hq // Hkv, *tail)
     _launch("bwd_q", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args,
             dict(meta, STORE_DBIAS=want_dbias), q.device)
-    return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
+    return dq, dk, dv
 
 
 def _reduce_dbias(dbias, mask, want_dbias, q):

@@ -37,6 +37,10 @@ element is written by exactly one program in a fixed order, so the backward
 is deterministic (bitwise reproducible on the same GPU and config), and dQ
 needs no fp32 scratch buffer or zero-initialization.
 
+Packed sequences (VARLEN) as in the forward (attention_fwd.py): sequence
+b's tokens start at cu_seqlens[b], lse and delta are (Hq, total_q), and
+nothing is stored past a sequence's end.
+
 Rows with lse = -inf (nothing to attend, or padded) get p = 0 everywhere:
 their lse is replaced by +inf before subtracting (2^(s - inf) = 0), so
 their gradients are exactly 0, never NaN. Tiles outside the key lengths or
@@ -49,7 +53,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .attention_fwd import LOG2E
+from .attention_fwd import LOG2E, seq_bounds
 from .rng import dropout_keep, load_seed, row_keys
 
 
@@ -83,24 +87,13 @@ def attention_bwd_preprocess_kernel(
 
 
 @triton.jit
-def _lengths(QLens, KVLens, b, LQ, LK, HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr):
-    """This batch row's (q_len, kv_len), clamped into [0, L]."""
-    q_len = LQ
-    kv_len = LK
-    if HAS_QLENS:
-        q_len = tl.minimum(tl.maximum(tl.load(QLens + b).to(tl.int32), 0), LQ)
-    if HAS_KVLENS:
-        kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b).to(tl.int32), 0), LK)
-    return q_len, kv_len
-
-
-@triton.jit
 def attention_bwd_dkdv_kernel(
     Q, K, V, DOut,      # q, dout (B, Hq, Lq, D); k, v (B, Hkv, Lk, D); last dim contiguous
-    Lse, Delta,         # (B, Hq, Lq) contiguous: forward logsumexp (natural log) and delta
+    Lse, Delta,         # (B, Hq, Lq) ((Hq, total_q) if VARLEN): forward logsumexp and delta
     DK, DV,             # outputs (B, Hkv, Lk, D)
     Mask,               # bool mask as uint8 or float bias, expanded; dummy if MASK_KIND == 0
-    QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
+    QLens, KVLens,      # (B,) int lengths, dummies unless HAS_QLENS / HAS_KVLENS;
+                        # (B + 1,) cu_seqlens when VARLEN
     Seed,               # (1,) int64 dropout seed; dummy unless DROPOUT
     stride_qb, stride_qh, stride_qm,          # q strides (elements)
     stride_kb, stride_kh, stride_kn,          # k strides
@@ -109,6 +102,7 @@ def attention_bwd_dkdv_kernel(
     stride_dkb, stride_dkh, stride_dkn,       # dk strides
     stride_dvb, stride_dvh, stride_dvn,       # dv strides
     stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides, 0 on broadcast dims
+    stride_lb, stride_lh,                     # lse/delta strides of batch and head
     H_KV,               # number of kv heads
     GROUP,              # query heads per kv head
     LQ, LK, HEAD_DIM,   # padded lengths, head dim
@@ -121,14 +115,21 @@ def attention_bwd_dkdv_kernel(
     HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
     ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,  # regenerate the forward's dropout mask
+    VARLEN: tl.constexpr,   # packed sequences delimited by cu_seqlens
     BLOCK_M: tl.constexpr,  # query tile iterated over
     BLOCK_N: tl.constexpr,  # key tile owned by this program
 ):
     pid_n = tl.program_id(0)
     hk = tl.program_id(1).to(tl.int64)
     b = tl.program_id(2).to(tl.int64)
-    q_len, kv_len = _lengths(QLens, KVLens, b, LQ, LK, HAS_QLENS, HAS_KVLENS)
+    q_start, q_len, k_start, kv_len = seq_bounds(QLens, KVLens, b, LQ, LK, HAS_QLENS,
+                                                 HAS_KVLENS, VARLEN)
     diag = kv_len - q_len
+    k_rows = LK  # key rows of (b, hk) in memory (see the forward's q_rows)
+    if VARLEN:
+        k_rows = kv_len
+    q_off = q_start.to(tl.int64)
+    k_off = k_start.to(tl.int64)
 
     start_n = pid_n * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -136,10 +137,10 @@ def attention_bwd_dkdv_kernel(
     d_ok = offs_d < HEAD_DIM
     n_ok = offs_n < kv_len
     kv_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + b * stride_kb + hk * stride_kh + offs_n[:, None] * stride_kn + offs_d[None, :],
-                mask=kv_mask, other=0.0)
-    v = tl.load(V + b * stride_vb + hk * stride_vh + offs_n[:, None] * stride_vn + offs_d[None, :],
-                mask=kv_mask, other=0.0)
+    k = tl.load(K + b * stride_kb + hk * stride_kh + (k_off + offs_n[:, None]) * stride_kn
+                + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + b * stride_vb + hk * stride_vh + (k_off + offs_n[:, None]) * stride_vn
+                + offs_d[None, :], mask=kv_mask, other=0.0)
 
     # Query rows that may attend a key of this tile: i < q_len and, causal,
     # i >= j - diag for the tile's first key j. A tile with no valid key
@@ -155,9 +156,10 @@ def attention_bwd_dkdv_kernel(
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=ACC_DTYPE)
     for g in range(0, GROUP):
         h = hk * GROUP + g
-        q_base = Q + b * stride_qb + h * stride_qh
-        do_base = DOut + b * stride_db + h * stride_dh
-        row_base = (b * H_KV * GROUP + h) * LQ  # offset of (b, h) in Lse / Delta
+        q_base = Q + b * stride_qb + h * stride_qh + q_off * stride_qm
+        do_base = DOut + b * stride_db + h * stride_dh + q_off * stride_dm
+        row_base = b * stride_lb + h * stride_lh + q_off  # (b, h)'s row 0 in Lse / Delta
+        drop_base = (b * H_KV * GROUP + h) * LQ  # (b, h)'s row 0 for the dropout hash
         mask_base = Mask + b * stride_mb + h * stride_mh
         for start_m in range(lo, hi, BLOCK_M):
             offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -186,7 +188,7 @@ def attention_bwd_dkdv_kernel(
             dpt = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
             if DROPOUT:
                 # the forward's mask, transposed: rows are queries, columns keys
-                drop_a, drop_b = row_keys(seed_lo, seed_hi, row_base + offs_m)
+                drop_a, drop_b = row_keys(seed_lo, seed_hi, drop_base + offs_m)
                 keep = dropout_keep(drop_a[None, :], drop_b[None, :], offs_n[:, None],
                                     drop_threshold)
                 dv += tl.dot(tl.where(keep, pt * drop_scale, 0.0).to(do.dtype), do,
@@ -199,21 +201,22 @@ def attention_bwd_dkdv_kernel(
             dk += tl.dot(dst.to(qt.dtype), tl.trans(qt), input_precision=DOT_PRECISION)
     dk *= scale
 
-    out_mask = (offs_n[:, None] < LK) & d_ok[None, :]
-    tl.store(DK + b * stride_dkb + hk * stride_dkh + offs_n[:, None] * stride_dkn + offs_d[None, :],
-             dk.to(DK.dtype.element_ty), mask=out_mask)
-    tl.store(DV + b * stride_dvb + hk * stride_dvh + offs_n[:, None] * stride_dvn + offs_d[None, :],
-             dv.to(DV.dtype.element_ty), mask=out_mask)
+    out_mask = (offs_n[:, None] < k_rows) & d_ok[None, :]
+    tl.store(DK + b * stride_dkb + hk * stride_dkh + (k_off + offs_n[:, None]) * stride_dkn
+             + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=out_mask)
+    tl.store(DV + b * stride_dvb + hk * stride_dvh + (k_off + offs_n[:, None]) * stride_dvn
+             + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=out_mask)
 
 
 @triton.jit
 def attention_bwd_dq_kernel(
     Q, K, V, DOut,      # q, dout (B, Hq, Lq, D); k, v (B, Hkv, Lk, D); last dim contiguous
-    Lse, Delta,         # (B, Hq, Lq) contiguous: forward logsumexp (natural log) and delta
+    Lse, Delta,         # (B, Hq, Lq) ((Hq, total_q) if VARLEN): forward logsumexp and delta
     DQ,                 # output (B, Hq, Lq, D)
     DBias,              # output (B, Hq, Lq, Lk) contiguous, zero-filled; dummy unless STORE_DBIAS
     Mask,               # bool mask as uint8 or float bias, expanded; dummy if MASK_KIND == 0
-    QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
+    QLens, KVLens,      # (B,) int lengths, dummies unless HAS_QLENS / HAS_KVLENS;
+                        # (B + 1,) cu_seqlens when VARLEN
     Seed,               # (1,) int64 dropout seed; dummy unless DROPOUT
     stride_qb, stride_qh, stride_qm,          # q strides (elements)
     stride_kb, stride_kh, stride_kn,          # k strides
@@ -221,6 +224,7 @@ def attention_bwd_dq_kernel(
     stride_db, stride_dh, stride_dm,          # dout strides
     stride_dqb, stride_dqh, stride_dqm,       # dq strides
     stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides, 0 on broadcast dims
+    stride_lb, stride_lh,                     # lse/delta strides of batch and head
     H_Q,                # number of query heads
     GROUP,              # query heads per kv head
     LQ, LK, HEAD_DIM,   # padded lengths, head dim
@@ -233,6 +237,7 @@ def attention_bwd_dq_kernel(
     HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
     ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     DROPOUT: tl.constexpr,  # regenerate the forward's dropout mask
+    VARLEN: tl.constexpr,   # packed sequences delimited by cu_seqlens
     STORE_DBIAS: tl.constexpr,  # write dx (the bias gradient) for every visited tile
     BLOCK_M: tl.constexpr,  # query tile owned by this program
     BLOCK_N: tl.constexpr,  # key tile iterated over
@@ -245,8 +250,14 @@ def attention_bwd_dq_kernel(
     hk = (h // GROUP).to(tl.int64)
     h = h.to(tl.int64)
     pid_bh = b * H_Q + h
-    q_len, kv_len = _lengths(QLens, KVLens, b, LQ, LK, HAS_QLENS, HAS_KVLENS)
+    q_start, q_len, k_start, kv_len = seq_bounds(QLens, KVLens, b, LQ, LK, HAS_QLENS,
+                                                 HAS_KVLENS, VARLEN)
     diag = kv_len - q_len
+    q_rows = LQ  # query rows of (b, h) in memory (see the forward)
+    if VARLEN:
+        q_rows = q_len
+    q_off = q_start.to(tl.int64)
+    k_off = k_start.to(tl.int64)
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -254,11 +265,11 @@ def attention_bwd_dq_kernel(
     d_ok = offs_d < HEAD_DIM
     m_ok = offs_m < q_len
     row_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
-                mask=row_mask, other=0.0)
-    do = tl.load(DOut + b * stride_db + h * stride_dh + offs_m[:, None] * stride_dm
+    q = tl.load(Q + b * stride_qb + h * stride_qh + (q_off + offs_m[:, None]) * stride_qm
+                + offs_d[None, :], mask=row_mask, other=0.0)
+    do = tl.load(DOut + b * stride_db + h * stride_dh + (q_off + offs_m[:, None]) * stride_dm
                  + offs_d[None, :], mask=row_mask, other=0.0)
-    row = pid_bh * LQ + offs_m
+    row = b * stride_lb + h * stride_lh + q_off + offs_m  # in Lse / Delta
     lse = tl.load(Lse + row, mask=m_ok, other=float("-inf")).to(ACC_DTYPE)
     lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
     delta = tl.load(Delta + row, mask=m_ok, other=0.0)
@@ -271,13 +282,13 @@ def attention_bwd_dq_kernel(
         hi = tl.minimum(hi, rows_end + diag)
     hi = tl.where(rows_end > start_m, tl.maximum(hi, 0), 0)
 
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
+    k_base = K + b * stride_kb + hk * stride_kh + k_off * stride_kn
+    v_base = V + b * stride_vb + hk * stride_vh + k_off * stride_vn
     mask_base = Mask + b * stride_mb + h * stride_mh
     dbias_base = DBias + pid_bh * LQ * LK
     if DROPOUT:
         seed_lo, seed_hi = load_seed(Seed)
-        drop_a, drop_b = row_keys(seed_lo, seed_hi, row)
+        drop_a, drop_b = row_keys(seed_lo, seed_hi, pid_bh * LQ + offs_m)
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
     for start_n in range(0, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
@@ -309,5 +320,6 @@ def attention_bwd_dq_kernel(
                      ds.to(DBias.dtype.element_ty), mask=in_bounds)
         dq += tl.dot(ds.to(kt.dtype), tl.trans(kt), input_precision=DOT_PRECISION)
     dq *= scale
-    tl.store(DQ + b * stride_dqb + h * stride_dqh + offs_m[:, None] * stride_dqm + offs_d[None, :],
-             dq.to(DQ.dtype.element_ty), mask=(offs_m[:, None] < LQ) & d_ok[None, :])
+    tl.store(DQ + b * stride_dqb + h * stride_dqh + (q_off + offs_m[:, None]) * stride_dqm
+             + offs_d[None, :], dq.to(DQ.dtype.element_ty),
+             mask=(offs_m[:, None] < q_rows) & d_ok[None, :])

@@ -29,6 +29,13 @@ Rows with no key they may attend get out = 0 and lse = -inf: the running
 max stays -inf, so it is replaced by 0 before subtracting (a guard against
 -inf - -inf = NaN) and l stays 0.
 
+Packed sequences (VARLEN): the batch axis of the grid indexes sequences of
+a packed (total, H, D) layout; QLens/KVLens are then cu_seqlens (B + 1,)
+prefix sums, sequence b occupies tokens [cu[b], cu[b + 1]), LQ/LK are the
+longest sequences, and the batch strides are 0 (the start token's offset
+takes their place). Rows and keys past the sequence end belong to the next
+sequence: nothing is stored there. The lse is laid out (H, total).
+
 Tiles are skipped by loop bounds, not masked: key tiles at or beyond kL and,
 with causal, tiles right of the diagonal of the block's last valid row are
 never visited. The visited range is split in two: "interior" tiles that
@@ -51,6 +58,28 @@ LN2 = tl.constexpr(0.6931471805599453)
 MASK_NONE = 0
 MASK_BOOL = 1
 MASK_BIAS = 2
+
+
+@triton.jit
+def seq_bounds(QLens, KVLens, b, LQ, LK, HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
+               VARLEN: tl.constexpr):
+    """(q_start, q_len, k_start, kv_len) of batch row / sequence b: the
+    first token and the count, clamped into [0, L] so that a bad value can
+    never reach memory beyond the row."""
+    q_start = 0
+    k_start = 0
+    q_len = LQ
+    kv_len = LK
+    if VARLEN:
+        q_start = tl.load(QLens + b).to(tl.int32)
+        k_start = tl.load(KVLens + b).to(tl.int32)
+        q_len = tl.minimum(tl.maximum(tl.load(QLens + b + 1).to(tl.int32) - q_start, 0), LQ)
+        kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b + 1).to(tl.int32) - k_start, 0), LK)
+    if HAS_QLENS:
+        q_len = tl.minimum(tl.maximum(tl.load(QLens + b).to(tl.int32), 0), LQ)
+    if HAS_KVLENS:
+        kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b).to(tl.int32), 0), LK)
+    return q_start, q_len, k_start, kv_len
 
 
 @triton.jit
@@ -120,17 +149,20 @@ def attention_fwd_kernel(
     Q, K, V,            # inputs: q (B, Hq, Lq, D), k/v (B, Hkv, Lk, D); last dim contiguous
     Out,                # output (B, Hq, Lq, D), dtype of q
     Lse,                # output (B, Hq, Lq) contiguous, natural-log logsumexp (fp32; fp64 for fp64)
+                        # ((Hq, total_q) when VARLEN)
     Mask,               # bool mask viewed as uint8, or float bias; dummy if MASK_KIND == 0
-    QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
+    QLens, KVLens,      # (B,) int lengths, dummies unless HAS_QLENS / HAS_KVLENS;
+                        # (B + 1,) cu_seqlens of q / k when VARLEN
     Seed,               # (1,) int64 dropout seed; dummy unless DROPOUT
     stride_qb, stride_qh, stride_qm,          # q strides (elements)
     stride_kb, stride_kh, stride_kn,          # k strides
     stride_vb, stride_vh, stride_vn,          # v strides
     stride_ob, stride_oh, stride_om,          # out strides
     stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides, 0 on broadcast dims
+    stride_lb, stride_lh,                     # lse strides of batch and head (token stride 1)
     H_Q,                # number of query heads
     GROUP,              # query heads per kv head (Hq // Hkv)
-    LQ, LK,             # padded sequence lengths of q and k
+    LQ, LK,             # padded sequence lengths of q and k (longest sequences when VARLEN)
     HEAD_DIM,           # D (BLOCK_D is D rounded up to a power of two)
     qk_scale,           # softmax scale * log2(e)
     drop_threshold,     # dropout threshold, int32 bits of a uint32 (rng.threshold_arg)
@@ -139,6 +171,7 @@ def attention_fwd_kernel(
     BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
     DROPOUT: tl.constexpr,        # apply in-kernel dropout to the probabilities
+    VARLEN: tl.constexpr,         # packed sequences delimited by cu_seqlens
     ACC_DTYPE: tl.constexpr,      # tl.float32 (tl.float64 for float64 inputs)
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for float32 inputs
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -153,21 +186,23 @@ def attention_fwd_kernel(
     b = tl.program_id(2).to(tl.int64)
     hk = (h // GROUP).to(tl.int64)
     h = h.to(tl.int64)
-    pid_bh = b * H_Q + h  # row of (b, h) in Lse
+    pid_bh = b * H_Q + h  # dropout rows of (b, h) start at pid_bh * LQ
 
-    q_len = LQ
-    kv_len = LK
-    if HAS_QLENS:
-        q_len = tl.minimum(tl.maximum(tl.load(QLens + b).to(tl.int32), 0), LQ)
-    if HAS_KVLENS:
-        kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b).to(tl.int32), 0), LK)
+    q_start, q_len, k_start, kv_len = seq_bounds(QLens, KVLens, b, LQ, LK, HAS_QLENS,
+                                                 HAS_KVLENS, VARLEN)
+    # Rows that exist in memory for this (b, h): padded rows are written
+    # (zeros), but with VARLEN the rows past q_len are the next sequence's.
+    q_rows = LQ
+    if VARLEN:
+        q_rows = q_len
     diag = kv_len - q_len  # causal: row i may attend j <= i + diag
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h * stride_qh + offs_m[:, None] * stride_qm + offs_d[None, :],
+    q_base = Q + b * stride_qb + h * stride_qh + q_start.to(tl.int64) * stride_qm
+    q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :],
                 mask=(offs_m[:, None] < q_len) & d_ok[None, :], other=0.0)
 
     # Key range [0, hi) that some valid row of this block may attend, and
@@ -181,8 +216,8 @@ def attention_fwd_kernel(
     hi = tl.where(rows_end > start_m, tl.maximum(hi, 0), 0)
     interior = tl.minimum(tl.maximum(interior, 0) // BLOCK_N * BLOCK_N, hi)
 
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
+    k_base = K + b * stride_kb + hk * stride_kh + k_start.to(tl.int64) * stride_kn
+    v_base = V + b * stride_vb + hk * stride_vh + k_start.to(tl.int64) * stride_vn
     mask_base = Mask + b * stride_mb + h * stride_mh
 
     if DROPOUT:
@@ -215,7 +250,9 @@ def attention_fwd_kernel(
     out = tl.where(row_ok[:, None], acc / denom[:, None], 0.0)
     lse = tl.where(row_ok, (m_i + tl.math.log2(l_safe)) * LN2, float("-inf"))
 
-    in_rows = offs_m < LQ
-    tl.store(Out + b * stride_ob + h * stride_oh + offs_m[:, None] * stride_om + offs_d[None, :],
+    in_rows = offs_m < q_rows
+    o_base = Out + b * stride_ob + h * stride_oh + q_start.to(tl.int64) * stride_om
+    tl.store(o_base + offs_m[:, None] * stride_om + offs_d[None, :],
              out.to(Out.dtype.element_ty), mask=in_rows[:, None] & d_ok[None, :])
-    tl.store(Lse + pid_bh * LQ + offs_m, lse.to(Lse.dtype.element_ty), mask=in_rows)
+    lse_base = Lse + b * stride_lb + h * stride_lh + q_start
+    tl.store(lse_base + offs_m, lse.to(Lse.dtype.element_ty), mask=in_rows)

@@ -1,0 +1,217 @@
+"""Attention over packed sequences (``fastattn.attention_varlen``).
+
+One pair of ``torch.library`` ops, the packed counterpart of
+fastattn::attention_fwd / attention_bwd (fastattn/ops/attention.py):
+
+    fastattn::attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seed?,
+        max_seqlen_q, max_seqlen_k, causal, scale, dropout_p, backend) -> (out, lse)
+    fastattn::attention_varlen_bwd(dout, dlse?, q, k, v, out, lse, cu_seqlens_q,
+        cu_seqlens_k, seed?, max_seqlen_q, max_seqlen_k, causal, scale, dropout_p,
+        backend) -> (dq, dk, dv)
+
+Arguments: q (total_q, Hq, D), k/v (total_k, Hkv, D), last dim contiguous;
+cu_seqlens_q/k int32 (batch + 1,) prefix sums starting at 0 and ending at
+total_q/total_k; sequence b is q[cu_q[b]:cu_q[b+1]] attending
+k/v[cu_k[b]:cu_k[b+1]]; max_seqlen_* bound every sequence's length.
+causal is bottom-right aligned per sequence (as attention() with lengths).
+Outputs: out like q; lse (Hq, total_q) float32 (float64 for float64);
+rows with nothing to attend give 0 / -inf and zero gradients. Dropout draws
+the mask of the padded batch these sequences form: element (b, h, i, j) at
+row (b * Hq + h) * max_seqlen_q + i, col j (fastattn._rng), so varlen and
+the padded path with lengths agree under the same seed.
+
+Backends: triton (native packed kernels: the grid's batch axis indexes
+sequences, offsets come from cu_seqlens; no padding is materialized) and
+reference (pads, runs the reference, packs). The kernels are deterministic
+(see fastattn/ops/attention.py).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from .. import _backends, _checks
+from .attention import MAX_HEAD_DIM, MIN_HEAD_DIM, _check_scale, _values_checkable
+
+VARLEN_BACKENDS = ("triton", "reference")
+
+
+def pick_backend(requested: str, q: Tensor) -> str:
+    """triton or reference. A backend named by the argument that has no
+    packed kernels raises ValueError; one from FASTATTN_BACKEND falls back."""
+    chosen = _backends.resolve(requested, "attention", q.device, q.dtype)
+    if chosen in VARLEN_BACKENDS:
+        return chosen
+    if requested != "auto" and not os.environ.get("FASTATTN_BACKEND", ""):
+        raise ValueError(f"backend={chosen!r} does not implement attention_varlen; "
+                         f"use one of {VARLEN_BACKENDS} or 'auto'")
+    if not _backends.unavailable_reason("triton", "attention", q.device, q.dtype):
+        return "triton"
+    return "reference"
+
+
+def _run_fwd(backend, q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dropout_p):
+    if backend == "triton":
+        from ..triton import attention as triton_attention
+        return triton_attention.attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, seed,
+                                                     causal, scale, dropout_p)
+    from .. import reference
+    out, lse = reference._attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal,
+                                           dropout_p, scale, seed)
+    return torch.empty_like(q).copy_(out), lse.contiguous()
+
+
+@torch.library.custom_op("fastattn::attention_varlen_fwd", mutates_args=())
+def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
+                         cu_seqlens_k: Tensor, seed: Optional[Tensor], max_seqlen_q: int,
+                         max_seqlen_k: int, causal: bool, scale: float, dropout_p: float,
+                         backend: str) -> tuple[Tensor, Tensor]:
+    return _run_fwd(backend, q, k, v, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q,
+                    max_seqlen_k, causal, scale, dropout_p)
+
+
+@attention_varlen_fwd.register_fake
+def _(q, k, v, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q, max_seqlen_k, causal, scale,
+      dropout_p, backend):
+    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=lse_dtype)
+
+
+@torch.library.custom_op("fastattn::attention_varlen_bwd", mutates_args=())
+def attention_varlen_bwd(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v: Tensor,
+                         out: Tensor, lse: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
+                         seed: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
+                         causal: bool, scale: float, dropout_p: float,
+                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    if backend == "triton":
+        from ..triton import attention as triton_attention
+        return triton_attention.attention_varlen_bwd(dout, dlse, q, k, v, out, lse,
+                                                     cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                     max_seqlen_k, seed, causal, scale,
+                                                     dropout_p)
+    from .. import reference
+    grads = reference._attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q,
+                                            cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                                            scale, dropout_p, seed)
+    return tuple(torch.empty_like(t).copy_(g) for t, g in zip((q, k, v), grads))
+
+
+@attention_varlen_bwd.register_fake
+def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q,
+      max_seqlen_k, causal, scale, dropout_p, backend):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dropout_p, backend = inputs
+    ctx.save_for_backward(q, k, v, output[0], output[1], cu_q, cu_k, seed)
+    ctx.config = (max_q, max_k, causal, scale, dropout_p, backend)
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse, cu_q, cu_k, seed = ctx.saved_tensors
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    if dlse is not None:
+        dlse = dlse.contiguous()
+    dq, dk, dv = attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_q, cu_k, seed,
+                                      *ctx.config)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+
+
+attention_varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ------------------------------------------------------------------ checks
+
+
+def _check_packed(q, k, v):
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        _checks.check_tensor(name, t)
+        if t.dim() != 3:
+            shape = "(total_q, Hq, D)" if name == "q" else "(total_k, Hkv, D)"
+            raise ValueError(f"{name} must be 3-D {shape}, got shape {tuple(t.shape)}")
+    for name, t in (("k", k), ("v", v)):
+        if t.dtype != q.dtype:
+            raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
+        if t.device != q.device:
+            raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
+    Hq, D = q.shape[1], q.shape[2]
+    if k.shape[2] != D:
+        raise ValueError(f"k must have the head dim of q ({D}), got shape {tuple(k.shape)}")
+    if tuple(v.shape) != tuple(k.shape):
+        raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+    if k.shape[1] == 0 or Hq % k.shape[1] != 0:
+        raise ValueError(f"the number of query heads of q ({Hq}) must be a multiple of the "
+                         f"number of kv heads of k ({k.shape[1]})")
+    if not (MIN_HEAD_DIM <= D <= MAX_HEAD_DIM and D % 8 == 0):
+        raise ValueError(f"head dim of q must be a multiple of 8 in [{MIN_HEAD_DIM}, "
+                         f"{MAX_HEAD_DIM}], got {D}")
+
+
+def _check_max(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if isinstance(value, int) and value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return value
+
+
+def _check_cu_seqlens(name: str, cu: Tensor, q: Tensor, total: int, max_name: str,
+                      max_seqlen: int, batch: Optional[int]) -> Tensor:
+    if not isinstance(cu, Tensor):
+        raise TypeError(f"{name} must be an int32 tensor, got {type(cu).__name__}")
+    if cu.dtype != torch.int32:
+        raise TypeError(f"{name} must have dtype int32, got {cu.dtype}")
+    if cu.dim() != 1 or cu.numel() < 1:
+        raise ValueError(f"{name} must have shape (batch + 1,), got {tuple(cu.shape)}")
+    if batch is not None and cu.numel() != batch + 1:
+        raise ValueError(f"{name} must have shape (batch + 1,) = ({batch + 1},) like "
+                         f"cu_seqlens_q, got {tuple(cu.shape)}")
+    if cu.device != q.device:
+        raise ValueError(f"{name} must be on the device of q ({q.device}), got {cu.device}")
+    if _values_checkable(cu):
+        values = cu.tolist()
+        if values[0] != 0 or values[-1] != total:
+            raise ValueError(f"{name} must start at 0 and end at the number of packed tokens "
+                             f"({total}), got {values[0]} ... {values[-1]}")
+        lens = [b - a for a, b in zip(values, values[1:])]
+        if lens and min(lens) < 0:
+            raise ValueError(f"{name} must be non-decreasing")
+        if lens and max(lens) > max_seqlen:
+            raise ValueError(f"{max_name}={max_seqlen} is smaller than the longest sequence "
+                             f"of {name} ({max(lens)})")
+    return cu.contiguous()
+
+
+def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
+                     cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
+                     causal: bool = False, dropout_p: float = 0.0,
+                     scale: Optional[float] = None, return_lse: bool = False,
+                     backend: str = "auto"):
+    """Attention over packed sequences (no padding): q (total_q, Hq, D),
+    k/v (total_k, Hkv, D), cu_seqlens_* int32 (batch + 1,) prefix sums.
+    Returns out (total_q, Hq, D), and lse (Hq, total_q) when return_lse."""
+    _check_packed(q, k, v)
+    max_seqlen_q = _check_max("max_seqlen_q", max_seqlen_q)
+    max_seqlen_k = _check_max("max_seqlen_k", max_seqlen_k)
+    cu_seqlens_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q, q.shape[0],
+                                     "max_seqlen_q", max_seqlen_q, None)
+    cu_seqlens_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q, k.shape[0],
+                                     "max_seqlen_k", max_seqlen_k, cu_seqlens_q.numel() - 1)
+    causal = _checks.check_flag("causal", causal)
+    return_lse = _checks.check_flag("return_lse", return_lse)
+    dropout_p = _checks.check_probability("dropout_p", dropout_p)
+    scale = _check_scale(scale, q.shape[2])
+    chosen = pick_backend(backend, q)
+
+    from .. import _rng
+    seed = _rng.draw_seed(q.device) if dropout_p > 0 else None
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    out, lse = attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q,
+                                    max_seqlen_k, causal, scale, dropout_p, chosen)
+    return (out, lse) if return_lse else out
