@@ -81,8 +81,8 @@ inline bool attention_strides_ok(const void* ptr, int64_t sb, int64_t sh, int64_
 }
 
 // Enqueue the kernels on `stream`; return the first launch error (cudaSuccess
-// if none). Sizes must be positive (the binding handles empty problems) and
-// D a multiple of 8 in [8, 256].
+// if none). D must be a multiple of 8 in [8, 256]; B, Lq or Lk may be 0
+// (Lk = 0 gives out = 0 and lse = -inf, Lq = 0 gives dk = dv = 0).
 cudaError_t attention_fwd(const FwdParams& p, cudaStream_t stream);
 cudaError_t attention_bwd(const BwdParams& p, cudaStream_t stream);
 

@@ -219,6 +219,7 @@ cudaError_t launch_fwd_tc(const FwdParams& p, cudaStream_t stream) {
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
   const int64_t blocks = ceil_div(p.pb.Lq, kFwdBM) * p.pb.B * p.pb.Hq;
+  if (blocks == 0) return cudaSuccess;  // nothing to compute (an empty dim)
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   kernel<<<static_cast<unsigned>(blocks), kFwdThreads, smem, stream>>>(
       p, dropout_inv_keep(p.pb.dropout_p), dropout_threshold(p.pb.dropout_p));

@@ -338,6 +338,7 @@ cudaError_t launch_simt(Kernel kernel, const Params& params, int64_t blocks, siz
   cudaError_t err =
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
   if (err != cudaSuccess) return err;
+  if (blocks == 0) return cudaSuccess;  // nothing to compute (an empty dim)
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   kernel<<<static_cast<unsigned>(blocks), kSimtThreads, smem, stream>>>(
       params, dropout_inv_keep(dropout_p), dropout_threshold(dropout_p));

@@ -1,0 +1,212 @@
+// Torch side of the CUDA attention kernels: fastattn::attention_fwd_native /
+// attention_bwd_native for CUDA tensors (contract: fastattn/ops/attention.py).
+//
+// Checks the arguments (csrc/common/attention_args.h), allocates the outputs
+// and the backward's delta workspace, and calls the pure-CUDA launchers of
+// attention.h on the current stream of the tensors' device. Inputs keep
+// their strides; only a 16-bit tensor that breaks the tensor-core kernels'
+// 16-byte alignment rule (attention.h) is copied to a contiguous one.
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
+#include <torch/library.h>
+
+#include "common/attention_args.h"
+#include "cuda/attention.h"
+
+namespace fastattn {
+namespace cuda {
+namespace attn {
+namespace {
+
+DType to_dtype(at::ScalarType t, const char* what) {
+  switch (t) {
+    case at::kHalf: return DType::kFloat16;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kFloat: return DType::kFloat32;
+    default:
+      TORCH_CHECK(false, what, ": the cuda backend serves float16, bfloat16 and float32, got ",
+                  t);
+  }
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, what, ": CUDA launch failed: ", cudaGetErrorString(err));
+}
+
+// Stride of dim `d`, 0 for a size-1 dim (its stride is never multiplied by
+// a nonzero index, and may be anything).
+int64_t stride_of(const at::Tensor& t, int64_t d) { return t.size(d) == 1 ? 0 : t.stride(d); }
+
+// `t` itself, or for 16-bit dtypes a contiguous copy when its pointer or
+// strides break the 16-byte alignment the cp.async tile loads need.
+at::Tensor aligned(const at::Tensor& t) {
+  if (t.scalar_type() == at::kFloat || t.numel() == 0) return t;
+  if (attention_strides_ok(t.data_ptr(), stride_of(t, 0), stride_of(t, 1), stride_of(t, 2))) {
+    return t;
+  }
+  return t.clone(at::MemoryFormat::Contiguous);
+}
+
+// A freshly allocated output like `t`; contiguous instead if the layout
+// empty_like chose breaks the alignment rule (only for odd dense layouts).
+at::Tensor aligned_output(const at::Tensor& t) {
+  if (t.scalar_type() == at::kFloat || t.numel() == 0) return t;
+  if (attention_strides_ok(t.data_ptr(), stride_of(t, 0), stride_of(t, 1), stride_of(t, 2))) {
+    return t;
+  }
+  return at::empty(t.sizes(), t.options());
+}
+
+Tensor4 view4(const at::Tensor& t) {
+  Tensor4 v;
+  v.ptr = t.data_ptr();
+  v.stride_b = stride_of(t, 0);
+  v.stride_h = stride_of(t, 1);
+  v.stride_l = stride_of(t, 2);
+  return v;
+}
+
+OutTensor4 out4(at::Tensor& t) {
+  OutTensor4 v;
+  v.ptr = t.data_ptr();
+  v.stride_b = stride_of(t, 0);
+  v.stride_h = stride_of(t, 1);
+  v.stride_l = stride_of(t, 2);
+  return v;
+}
+
+// Tensors a Problem points into; they must outlive the launches.
+struct Holders {
+  at::Tensor q, k, v, mask, q_lengths, kv_lengths;
+};
+
+// The Problem of checked inputs. Lengths become int32 (values are clamped
+// in the kernels); a float64 bias becomes float32 (kernels read fp16, bf16,
+// fp32 and bool masks), converted before broadcasting so no full-size copy.
+Problem make_problem(const attention_args::Inputs& in, const std::optional<at::Tensor>& attn_mask,
+                     const std::optional<at::Tensor>& seed, bool causal, double scale,
+                     double dropout_p, Holders& hold) {
+  Problem pb;
+  hold.q = aligned(in.q);
+  hold.k = aligned(in.k);
+  hold.v = aligned(in.v);
+  pb.q = view4(hold.q);
+  pb.k = view4(hold.k);
+  pb.v = view4(hold.v);
+  if (in.mask.defined()) {
+    hold.mask = in.mask;
+    switch (in.mask.scalar_type()) {
+      case at::kBool: pb.mask_kind = MaskKind::kBool; break;
+      case at::kHalf: pb.mask_kind = MaskKind::kFloat16; break;
+      case at::kBFloat16: pb.mask_kind = MaskKind::kBFloat16; break;
+      case at::kFloat: pb.mask_kind = MaskKind::kFloat32; break;
+      default:
+        hold.mask = attn_mask->to(at::kFloat).expand({in.B, in.Hq, in.Lq, in.Lk});
+        pb.mask_kind = MaskKind::kFloat32;
+    }
+    pb.mask = hold.mask.data_ptr();
+    pb.mask_stride_b = stride_of(hold.mask, 0);
+    pb.mask_stride_h = stride_of(hold.mask, 1);
+    pb.mask_stride_q = stride_of(hold.mask, 2);
+    pb.mask_stride_k = stride_of(hold.mask, 3);
+  }
+  if (in.q_lengths.defined()) {
+    hold.q_lengths = in.q_lengths.to(at::kInt).contiguous();
+    pb.q_lengths = hold.q_lengths.data_ptr<int32_t>();
+  }
+  if (in.kv_lengths.defined()) {
+    hold.kv_lengths = in.kv_lengths.to(at::kInt).contiguous();
+    pb.kv_lengths = hold.kv_lengths.data_ptr<int32_t>();
+  }
+  pb.seed = dropout_p > 0.0 ? seed->data_ptr<int64_t>() : nullptr;
+  pb.dropout_p = dropout_p;
+  pb.B = in.B;
+  pb.Hq = in.Hq;
+  pb.Hkv = in.Hkv;
+  pb.Lq = in.Lq;
+  pb.Lk = in.Lk;
+  pb.D = in.D;
+  pb.scale = static_cast<float>(scale);
+  pb.causal = causal;
+  pb.dtype = to_dtype(in.q.scalar_type(), "attention (cuda)");
+  return pb;
+}
+
+void check_head_dim(int64_t D) {
+  TORCH_CHECK(D >= 8 && D <= 256 && D % 8 == 0,
+              "the cuda attention kernels need a head dim that is a multiple of 8 in [8, 256], "
+              "got ", D);
+}
+
+std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(
+    const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& q_lengths,
+    const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& seed,
+    bool causal, double scale, double dropout_p) {
+  TORCH_CHECK(q.is_cuda(), "attention_fwd_native (cuda): q must be a CUDA tensor");
+  to_dtype(q.scalar_type(), "attention_fwd_native");
+  const c10::cuda::CUDAGuard guard(q.device());
+  const attention_args::Inputs in =
+      attention_args::inputs(q, k, v, attn_mask, q_lengths, kv_lengths, seed, dropout_p);
+  check_head_dim(in.D);
+  auto [out, lse] = attention_args::fwd_outputs(in);
+  out = aligned_output(out);
+
+  Holders hold;
+  FwdParams p;
+  p.pb = make_problem(in, attn_mask, seed, causal, scale, dropout_p, hold);
+  p.out = out4(out);
+  p.lse = lse.data_ptr<float>();
+  check_launch(attention_fwd(p, c10::cuda::getCurrentCUDAStream()), "attention_fwd_native");
+  return {out, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
+    const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
+    const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
+    const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& q_lengths,
+    const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& seed,
+    bool causal, double scale, double dropout_p, bool mask_grad) {
+  TORCH_CHECK(q.is_cuda(), "attention_bwd_native (cuda): q must be a CUDA tensor");
+  to_dtype(q.scalar_type(), "attention_bwd_native");
+  const c10::cuda::CUDAGuard guard(q.device());
+  const attention_args::Inputs in =
+      attention_args::inputs(q, k, v, attn_mask, q_lengths, kv_lengths, seed, dropout_p);
+  check_head_dim(in.D);
+  const attention_args::BwdExtras ex =
+      attention_args::bwd_extras(in, dout, dlse, out, lse, mask_grad);
+  auto [dq, dk, dv, dmask_full] = attention_args::bwd_outputs(in, mask_grad);
+  dq = aligned_output(dq);
+  dk = aligned_output(dk);
+  dv = aligned_output(dv);
+  const at::Tensor dout_a = aligned(ex.dout);
+  const at::Tensor out_a = aligned(ex.out);
+  at::Tensor delta = at::empty({in.B, in.Hq, in.Lq}, in.q.options().dtype(at::kFloat));
+
+  Holders hold;
+  BwdParams p;
+  p.pb = make_problem(in, attn_mask, seed, causal, scale, dropout_p, hold);
+  p.dout = view4(dout_a);
+  p.out = view4(out_a);
+  p.lse = ex.lse.data_ptr<float>();
+  p.dlse = ex.dlse.defined() ? ex.dlse.data_ptr<float>() : nullptr;
+  p.delta = delta.data_ptr<float>();
+  p.dq = out4(dq);
+  p.dk = out4(dk);
+  p.dv = out4(dv);
+  p.dmask = dmask_full.defined() ? dmask_full.data_ptr<float>() : nullptr;
+  check_launch(attention_bwd(p, c10::cuda::getCurrentCUDAStream()), "attention_bwd_native");
+  return {dq, dk, dv, attention_args::reduce_mask_grad(dmask_full, attn_mask, q)};
+}
+
+}  // namespace
+}  // namespace attn
+}  // namespace cuda
+}  // namespace fastattn
+
+TORCH_LIBRARY_IMPL(fastattn, CUDA, m) {
+  m.impl("attention_fwd_native", &fastattn::cuda::attn::attention_fwd_cuda);
+  m.impl("attention_bwd_native", &fastattn::cuda::attn::attention_bwd_cuda);
+}
