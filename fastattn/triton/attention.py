@@ -29,6 +29,7 @@ import triton.language as tl
 
 from .._backends import triton_interpret
 from . import attention_bwd as bwd
+from . import attention_decode as decode
 from . import attention_fwd as fwd
 from .rng import threshold_arg
 
@@ -42,6 +43,8 @@ _INTERPRET_TILES = {
     "bwd_kv": dict(BLOCK_M=16, BLOCK_N=32),
     "bwd_q": dict(BLOCK_M=32, BLOCK_N=16),
 }
+# Key tile of the split-KV decoding forward on a GPU (not autotuned yet).
+_DECODE_BLOCK_N = 64
 # Rows per program of the delta preprocess kernel.
 _PRE_BLOCK_M = 32
 
@@ -289,6 +292,12 @@ def _forward(q, k, v, mask, seed, causal, scale, dropout_p, lay: _Layout):
     m, m_strides = _mask_arg(mask, (B, Hq, Lq, Lk), q)
     ql, kvl = (t if t is not None else q for t in lay.lens)
     meta = lay.meta(q, causal, mask, dropout_p)
+    if not lay.varlen:
+        block_n = _DECODE_BLOCK_N if q.device.type == "cuda" and not triton_interpret() else 16
+        n_splits = decode.split_kv_plan(q, k, dropout_p, block_n)
+        if n_splits:
+            return decode.decode_fwd(q, k, v, m, m_strides, *lay.lens, scale, meta, n_splits,
+                                     block_n)
     seed_t, threshold, drop_scale = _dropout_args(seed, dropout_p, q)
     args = (q, k, v, out, lse, m, ql, kvl, seed_t,
             *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(out),
