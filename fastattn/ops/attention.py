@@ -4,10 +4,11 @@
 onto it) reduces to one pair of ``torch.library`` ops:
 
     fastattn::attention_fwd(q, k, v, attn_mask?, q_lengths?, kv_lengths?, seed?,
-                            causal, scale, dropout_p, backend) -> (out, lse)
+                            causal, scale, dropout_p, backend,
+                            deterministic=False) -> (out, lse)
     fastattn::attention_bwd(dout, dlse?, q, k, v, out, lse, attn_mask?, q_lengths?,
                             kv_lengths?, seed?, causal, scale, dropout_p,
-                            mask_grad, backend) -> (dq, dk, dv, dmask)
+                            mask_grad, backend, deterministic=False) -> (dq, dk, dv, dmask)
 
 Arguments, as every backend receives them (the frontend guarantees them):
   q (B, Hq, Lq, D); k, v (B, Hkv, Lk, D); Hq % Hkv == 0; one float dtype;
@@ -41,7 +42,21 @@ Outputs:
 
 Backends: triton (fastattn.triton.attention), reference (plain PyTorch,
 autograd), and the compiled ones through ``fastattn::attention_fwd_native`` /
-``attention_bwd_native`` with the same arguments minus ``backend``.
+``attention_bwd_native`` with the same arguments minus ``backend`` and
+``deterministic``.
+
+Determinism. The triton kernels use no atomics: every output element
+(out, lse, dq, dk, dv, dmask) is written by one program that sums in a
+fixed order (dQ has its own pass, see fastattn/triton/attention_bwd.py);
+the split-KV decoding forward merges its partials in a fixed order too.
+So, for one tile configuration, results are bitwise reproducible run to
+run. What can vary between processes on a GPU is the configuration the
+autotuner times best; ``deterministic=True`` (argument of attention /
+attention_varlen, or ``torch.use_deterministic_algorithms(True)``) pins
+it to a fixed choice. The native ops receive no flag: the cpu and cuda
+backends must be deterministic by construction (no atomics in their
+backward). Dropout masks depend only on the seed. The reference is
+deterministic as PyTorch's CPU matmuls are.
 """
 
 from __future__ import annotations
@@ -113,11 +128,12 @@ def _reference_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengt
     return _like(q, dq), _like(k, dk), _like(v, dv), dmask
 
 
-def _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p):
+def _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p,
+             deterministic=False):
     if backend == "triton":
         from ..triton import attention as triton_attention
         return triton_attention.attention_fwd(q, k, v, attn_mask, q_lengths, kv_lengths,
-                                              seed, causal, scale, dropout_p)
+                                              seed, causal, scale, dropout_p, deterministic)
     if backend == "reference":
         return _reference_fwd(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
                               dropout_p)
@@ -126,12 +142,12 @@ def _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, s
 
 
 def _run_bwd(backend, dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed,
-             causal, scale, dropout_p, mask_grad):
+             causal, scale, dropout_p, mask_grad, deterministic=False):
     if backend == "triton":
         from ..triton import attention as triton_attention
         return triton_attention.attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask,
                                               q_lengths, kv_lengths, seed, causal, scale,
-                                              dropout_p, mask_grad)
+                                              dropout_p, mask_grad, deterministic)
     if backend == "reference":
         return _reference_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths,
                               seed, causal, scale, dropout_p, mask_grad)
@@ -151,13 +167,14 @@ def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
                   q_lengths: Optional[Tensor], kv_lengths: Optional[Tensor],
                   seed: Optional[Tensor], causal: bool, scale: float, dropout_p: float,
-                  backend: str) -> tuple[Tensor, Tensor]:
+                  backend: str, deterministic: bool = False) -> tuple[Tensor, Tensor]:
     return _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
-                    dropout_p)
+                    dropout_p, deterministic)
 
 
 @attention_fwd.register_fake
-def _(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p, backend):
+def _(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p, backend,
+      deterministic=False):
     B, Hq, Lq, _ = q.shape
     return torch.empty_like(q), q.new_empty((B, Hq, Lq), dtype=_lse_dtype(q.dtype))
 
@@ -167,28 +184,30 @@ def attention_bwd(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v:
                   out: Tensor, lse: Tensor, attn_mask: Optional[Tensor],
                   q_lengths: Optional[Tensor], kv_lengths: Optional[Tensor],
                   seed: Optional[Tensor], causal: bool, scale: float, dropout_p: float,
-                  mask_grad: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  mask_grad: bool, backend: str,
+                  deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return _run_bwd(backend, dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths,
-                    seed, causal, scale, dropout_p, mask_grad)
+                    seed, causal, scale, dropout_p, mask_grad, deterministic)
 
 
 @attention_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
-      dropout_p, mask_grad, backend):
+      dropout_p, mask_grad, backend, deterministic=False):
     dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad else q.new_empty((0,))
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p, backend = inputs
+    (q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p, backend,
+     deterministic) = inputs
     out, lse = output
     ctx.save_for_backward(q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed)
-    ctx.config = (causal, scale, dropout_p, backend)
+    ctx.config = (causal, scale, dropout_p, backend, deterministic)
 
 
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed = ctx.saved_tensors
-    causal, scale, dropout_p, backend = ctx.config
+    causal, scale, dropout_p, backend, deterministic = ctx.config
     mask_grad = (attn_mask is not None and attn_mask.is_floating_point()
                  and ctx.needs_input_grad[3])
     if dout.stride(-1) != 1:
@@ -197,9 +216,9 @@ def _backward(ctx, dout, dlse):
         dlse = dlse.contiguous()
     dq, dk, dv, dmask = attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths,
                                       kv_lengths, seed, causal, scale, dropout_p, mask_grad,
-                                      backend)
+                                      backend, deterministic)
     return (dq, dk, dv, dmask if mask_grad else None,
-            None, None, None, None, None, None, None)
+            None, None, None, None, None, None, None, None)
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -311,7 +330,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
               attn_mask: Optional[Tensor] = None, q_lengths: Optional[Tensor] = None,
               kv_lengths: Optional[Tensor] = None, dropout_p: float = 0.0,
               scale: Optional[float] = None, return_lse: bool = False,
-              backend: str = "auto"):
+              backend: str = "auto", deterministic: bool = False):
     """Softmax attention, memory linear in the sequence lengths.
 
     q (B, Hq, Lq, D); k, v (B, Hkv, Lk, D) with Hq % Hkv == 0. Returns out
@@ -319,7 +338,10 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     return_lse. causal is bottom-right aligned (per batch row with
     lengths); attn_mask is bool (True = may attend) or an additive float
     bias broadcastable to (B, Hq, Lq, Lk); q_lengths/kv_lengths (B,) mark
-    the valid prefix of each batch row. See API.md for the full contract.
+    the valid prefix of each batch row. deterministic=True (or
+    torch.use_deterministic_algorithms(True)) makes results bitwise
+    reproducible across processes too (module docstring). See API.md for
+    the full contract.
     """
     _check_qkv(q, k, v)
     B, Hq, Lq, D = q.shape
@@ -331,13 +353,20 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     kv_lengths = _check_lengths("kv_lengths", kv_lengths, q, Lk, "Lk")
     dropout_p = _checks.check_probability("dropout_p", dropout_p)
     scale = _check_scale(scale, D)
+    deterministic = deterministic_mode(deterministic)
     chosen = pick_backend(backend, q, dropout_p)
     return _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale,
-                      return_lse, chosen)
+                      return_lse, chosen, deterministic)
+
+
+def deterministic_mode(deterministic) -> bool:
+    """The argument, or torch's global deterministic-algorithms switch."""
+    _check_flag("deterministic", deterministic)
+    return deterministic or torch.are_deterministic_algorithms_enabled()
 
 
 def _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale, return_lse,
-               chosen):
+               chosen, deterministic=False):
     """attention() after its checks; mask4 is the mask's 4-D view."""
     if chosen == "reference":
         from .. import reference
@@ -349,7 +378,7 @@ def _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale, 
     seed = _rng.draw_seed(q.device) if dropout_p > 0 else None
     out, lse = attention_fwd(_last_dim_contiguous(q), _last_dim_contiguous(k),
                              _last_dim_contiguous(v), mask4, q_lengths, kv_lengths, seed,
-                             causal, scale, dropout_p, chosen)
+                             causal, scale, dropout_p, chosen, deterministic)
     return (out, lse) if return_lse else out
 
 
@@ -446,4 +475,5 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
     N, Hq, _, E = query.shape
     mask4 = _check_mask(attn_mask, query, (N, Hq, L, S))
     return _attention(query, key, value, causal, mask4, None, kv_lengths, float(dropout_p),
-                      _check_scale(scale, E), False, pick_backend("auto", query, dropout_p))
+                      _check_scale(scale, E), False, pick_backend("auto", query, dropout_p),
+                      torch.are_deterministic_algorithms_enabled())

@@ -4,10 +4,11 @@ One pair of ``torch.library`` ops, the packed counterpart of
 fastattn::attention_fwd / attention_bwd (fastattn/ops/attention.py):
 
     fastattn::attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seed?,
-        max_seqlen_q, max_seqlen_k, causal, scale, dropout_p, backend) -> (out, lse)
+        max_seqlen_q, max_seqlen_k, causal, scale, dropout_p, backend,
+        deterministic=False) -> (out, lse)
     fastattn::attention_varlen_bwd(dout, dlse?, q, k, v, out, lse, cu_seqlens_q,
         cu_seqlens_k, seed?, max_seqlen_q, max_seqlen_k, causal, scale, dropout_p,
-        backend) -> (dq, dk, dv)
+        backend, deterministic=False) -> (dq, dk, dv)
 
 Arguments: q (total_q, Hq, D), k/v (total_k, Hkv, D), last dim contiguous;
 cu_seqlens_q/k int32 (batch + 1,) prefix sums starting at 0 and ending at
@@ -22,8 +23,8 @@ the padded path with lengths agree under the same seed.
 
 Backends: triton (native packed kernels: the grid's batch axis indexes
 sequences, offsets come from cu_seqlens; no padding is materialized) and
-reference (pads, runs the reference, packs). The kernels are deterministic
-(see fastattn/ops/attention.py).
+reference (pads, runs the reference, packs). Determinism and the
+`deterministic` flag as for attention (fastattn/ops/attention.py).
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _checks
-from .attention import MAX_HEAD_DIM, MIN_HEAD_DIM, _check_scale, _values_checkable
+from .attention import (MAX_HEAD_DIM, MIN_HEAD_DIM, _check_scale, _values_checkable,
+                        deterministic_mode)
 
 VARLEN_BACKENDS = ("triton", "reference")
 
@@ -54,11 +56,12 @@ def pick_backend(requested: str, q: Tensor) -> str:
     return "reference"
 
 
-def _run_fwd(backend, q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dropout_p):
+def _run_fwd(backend, q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dropout_p,
+             deterministic):
     if backend == "triton":
         from ..triton import attention as triton_attention
         return triton_attention.attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, seed,
-                                                     causal, scale, dropout_p)
+                                                     causal, scale, dropout_p, deterministic)
     from .. import reference
     out, lse = reference._attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal,
                                            dropout_p, scale, seed)
@@ -69,14 +72,14 @@ def _run_fwd(backend, q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dr
 def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
                          cu_seqlens_k: Tensor, seed: Optional[Tensor], max_seqlen_q: int,
                          max_seqlen_k: int, causal: bool, scale: float, dropout_p: float,
-                         backend: str) -> tuple[Tensor, Tensor]:
+                         backend: str, deterministic: bool = False) -> tuple[Tensor, Tensor]:
     return _run_fwd(backend, q, k, v, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q,
-                    max_seqlen_k, causal, scale, dropout_p)
+                    max_seqlen_k, causal, scale, dropout_p, deterministic)
 
 
 @attention_varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q, max_seqlen_k, causal, scale,
-      dropout_p, backend):
+      dropout_p, backend, deterministic=False):
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=lse_dtype)
 
@@ -86,13 +89,14 @@ def attention_varlen_bwd(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Ten
                          out: Tensor, lse: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                          seed: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
                          causal: bool, scale: float, dropout_p: float,
-                         backend: str) -> tuple[Tensor, Tensor, Tensor]:
+                         backend: str,
+                         deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     if backend == "triton":
         from ..triton import attention as triton_attention
         return triton_attention.attention_varlen_bwd(dout, dlse, q, k, v, out, lse,
                                                      cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                                      max_seqlen_k, seed, causal, scale,
-                                                     dropout_p)
+                                                     dropout_p, deterministic)
     from .. import reference
     grads = reference._attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q,
                                             cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
@@ -102,14 +106,14 @@ def attention_varlen_bwd(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Ten
 
 @attention_varlen_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q,
-      max_seqlen_k, causal, scale, dropout_p, backend):
+      max_seqlen_k, causal, scale, dropout_p, backend, deterministic=False):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dropout_p, backend = inputs
+    q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dropout_p, backend, det = inputs
     ctx.save_for_backward(q, k, v, output[0], output[1], cu_q, cu_k, seed)
-    ctx.config = (max_q, max_k, causal, scale, dropout_p, backend)
+    ctx.config = (max_q, max_k, causal, scale, dropout_p, backend, det)
 
 
 def _backward(ctx, dout, dlse):
@@ -120,7 +124,7 @@ def _backward(ctx, dout, dlse):
         dlse = dlse.contiguous()
     dq, dk, dv = attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_q, cu_k, seed,
                                       *ctx.config)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
 
 
 attention_varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -192,10 +196,11 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
                      cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
                      causal: bool = False, dropout_p: float = 0.0,
                      scale: Optional[float] = None, return_lse: bool = False,
-                     backend: str = "auto"):
+                     backend: str = "auto", deterministic: bool = False):
     """Attention over packed sequences (no padding): q (total_q, Hq, D),
     k/v (total_k, Hkv, D), cu_seqlens_* int32 (batch + 1,) prefix sums.
-    Returns out (total_q, Hq, D), and lse (Hq, total_q) when return_lse."""
+    Returns out (total_q, Hq, D), and lse (Hq, total_q) when return_lse.
+    deterministic as for attention()."""
     _check_packed(q, k, v)
     max_seqlen_q = _check_max("max_seqlen_q", max_seqlen_q)
     max_seqlen_k = _check_max("max_seqlen_k", max_seqlen_k)
@@ -207,11 +212,13 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
     return_lse = _checks.check_flag("return_lse", return_lse)
     dropout_p = _checks.check_probability("dropout_p", dropout_p)
     scale = _check_scale(scale, q.shape[2])
+    deterministic = deterministic_mode(deterministic)
     chosen = pick_backend(backend, q)
 
     from .. import _rng
     seed = _rng.draw_seed(q.device) if dropout_p > 0 else None
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     out, lse = attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q,
-                                    max_seqlen_k, causal, scale, dropout_p, chosen)
+                                    max_seqlen_k, causal, scale, dropout_p, chosen,
+                                    deterministic)
     return (out, lse) if return_lse else out

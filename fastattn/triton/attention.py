@@ -155,15 +155,29 @@ def _tuned(kernel_name: str, config_set: str):
                                _KERNELS[kernel_name])
 
 
-def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, device):
+def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, device,
+            deterministic: bool = False):
     """Run a kernel: fixed tiles under the interpreter, autotuned on a GPU.
-    `grid_of(BLOCK_M, BLOCK_N)` gives the launch grid for a config."""
+    `grid_of(BLOCK_M, BLOCK_N)` gives the launch grid for a config.
+
+    deterministic: no autotuning on a GPU either; the first config that the
+    pruner keeps (a fixed function of head dim, dtype and GPU) runs, so the
+    tiling, hence every summation order, cannot depend on timings: results
+    are bitwise reproducible across processes, not only within one."""
     if triton_interpret() or device.type != "cuda":
         tiles = _INTERPRET_TILES[kernel_name]
         _KERNELS[kernel_name][grid_of(tiles["BLOCK_M"], tiles["BLOCK_N"])](*args, **meta, **tiles)
         return
     q = args[0]
     config_set = "float32" if q.dtype == torch.float32 else _generation(device.index or 0)
+    if deterministic:
+        configs = _GPU_CONFIGS[config_set][_CONFIG_INDEX[kernel_name]]
+        names = _KERNELS[kernel_name].arg_names
+        c = _pruner(kernel_name)(configs, dict(zip(names, args)), **meta)[0]
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        _KERNELS[kernel_name][grid_of(bm, bn)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn,
+                                               num_warps=c.num_warps, num_stages=c.num_stages)
+        return
     tuned = _tuned(kernel_name, config_set)
     tuned[lambda m: grid_of(m["BLOCK_M"], m["BLOCK_N"])](*args, **meta)
 
@@ -265,22 +279,24 @@ class _Layout:
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
                   kv_lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor],
-                  causal: bool, scale: float, dropout_p: float = 0.0):
+                  causal: bool, scale: float, dropout_p: float = 0.0,
+                  deterministic: bool = False):
     return _forward(q, k, v, mask, seed, causal, scale, dropout_p,
-                    _Layout(q, k, q_lengths, kv_lengths))
+                    _Layout(q, k, q_lengths, kv_lengths), deterministic)
 
 
 def attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
                          max_seqlen_q: int, max_seqlen_k: int, seed: Optional[torch.Tensor],
-                         causal: bool, scale: float, dropout_p: float = 0.0):
+                         causal: bool, scale: float, dropout_p: float = 0.0,
+                         deterministic: bool = False):
     """Packed q (total_q, Hq, D), k/v (total_k, Hkv, D) -> out like q, lse
     (Hq, total_q)."""
     layout = _Layout(q, k, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    return _forward(q, k, v, None, seed, causal, scale, dropout_p, layout)
+    return _forward(q, k, v, None, seed, causal, scale, dropout_p, layout, deterministic)
 
 
-def _forward(q, k, v, mask, seed, causal, scale, dropout_p, lay: _Layout):
+def _forward(q, k, v, mask, seed, causal, scale, dropout_p, lay: _Layout, deterministic):
     out = torch.empty_like(q)  # keeps q's memory layout (e.g. B, L, H, D)
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     lse = torch.empty(lay.lse_shape, dtype=lse_dtype, device=q.device)
@@ -304,7 +320,8 @@ def _forward(q, k, v, mask, seed, causal, scale, dropout_p, lay: _Layout):
             *m_strides, *lay.lse_strides(),
             Hq, Hq // Hkv, Lq, Lk, lay.D, scale * fwd.LOG2E.value, threshold, drop_scale,
             _len_bucket(Lq, Lk))
-    _launch("fwd", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args, meta, q.device)
+    _launch("fwd", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args, meta, q.device,
+            deterministic)
     return out, lse
 
 
@@ -315,7 +332,8 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
                   k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                   mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
                   kv_lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor],
-                  causal: bool, scale: float, dropout_p: float, mask_grad: bool):
+                  causal: bool, scale: float, dropout_p: float, mask_grad: bool,
+                  deterministic: bool = False):
     """(dq, dk, dv, dmask); dmask has the mask's shape and dtype when
     mask_grad, else shape (0,).
 
@@ -330,7 +348,7 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
     dbias = (torch.zeros((lay.B, lay.Hq, lay.Lq, lay.Lk), dtype=acc_dtype, device=q.device)
              if want_dbias else None)
     dq, dk, dv = _backward(dout, dlse, q, k, v, out, lse, mask, seed, causal, scale, dropout_p,
-                           dbias, lay)
+                           dbias, lay, deterministic)
     return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
 
 
@@ -339,15 +357,15 @@ def attention_varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: to
                          lse: torch.Tensor, cu_seqlens_q: torch.Tensor,
                          cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
                          seed: Optional[torch.Tensor], causal: bool, scale: float,
-                         dropout_p: float):
+                         dropout_p: float, deterministic: bool = False):
     """(dq, dk, dv) of attention_varlen_fwd."""
     layout = _Layout(q, k, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
     return _backward(dout, dlse, q, k, v, out, lse, None, seed, causal, scale, dropout_p, None,
-                     layout)
+                     layout, deterministic)
 
 
 def _backward(dout, dlse, q, k, v, out, lse, mask, seed, causal, scale, dropout_p, dbias,
-              lay: _Layout):
+              lay: _Layout, deterministic: bool):
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
@@ -380,14 +398,15 @@ def _backward(dout, dlse, q, k, v, out, lse, mask, seed, causal, scale, dropout_
     args = (q, k, v, dout, lse, delta, dk, dv, m, *ql_kvl_seed, *common_strides,
             *lay.strides(dk), *lay.strides(dv), *m_strides, *lay.lse_strides(),
             Hkv, Hq // Hkv, *tail)
-    _launch("bwd_kv", lambda bm, bn: (triton.cdiv(Lk, bn), Hkv, B), args, meta, q.device)
+    _launch("bwd_kv", lambda bm, bn: (triton.cdiv(Lk, bn), Hkv, B), args, meta, q.device,
+            deterministic)
 
     want_dbias = dbias is not None
     args = (q, k, v, dout, lse, delta, dq, dbias if want_dbias else q, m, *ql_kvl_seed,
             *common_strides, *lay.strides(dq), *m_strides, *lay.lse_strides(),
             Hq, Hq // Hkv, *tail)
     _launch("bwd_q", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args,
-            dict(meta, STORE_DBIAS=want_dbias), q.device)
+            dict(meta, STORE_DBIAS=want_dbias), q.device, deterministic)
     return dq, dk, dv
 
 
