@@ -49,7 +49,7 @@ def _attention_step(rng: random.Random, device):
     out, lse = fastattn.attention(q, k, v, return_lse=True, **kw)
     loss = out.square().sum() + lse.nan_to_num(neginf=0.0).sum()
     loss.backward()
-    return float(loss)
+    return loss.item()
 
 
 def _norm_step(rng: random.Random, device):
@@ -70,7 +70,7 @@ def _norm_step(rng: random.Random, device):
         y = fastattn.add_rms_norm(x, res, w, dropout_p=p)
     loss = y.square().sum()
     loss.backward()
-    return float(loss)
+    return loss.item()
 
 
 def _snapshot(device):
@@ -105,8 +105,12 @@ def test_soak_no_memory_growth(device):
         last = _snapshot(device)
     finally:
         tracemalloc.stop()
-    # Objects and Python allocations: flat up to noise, however many steps.
-    assert last["objects"] - first["objects"] < 500, (first, last)
+    # Python objects: flat (a clean run gains none in its second half; one
+    # tensor kept every other step would add ITERS / 4 there).
+    assert last["objects"] - middle["objects"] < 100, (middle, last)
+    assert last["objects"] - first["objects"] < 200, (first, last)
+    # Python allocations: torch's autograd machinery keeps a few bytes per
+    # step in its own caches; a leak of our tensors or buffers is far more.
     assert last["traced"] - first["traced"] < 1 << 20, (first, last)
     # Resident memory may settle during the first half (allocator pools);
     # the second half must not keep growing.
