@@ -392,6 +392,8 @@ def _sdpa_unsupported(query, key, value, attn_mask, dropout_p, is_causal, scale,
     ts = (query, key, value)
     if not all(isinstance(t, Tensor) for t in ts):
         return "query, key and value are not all tensors"
+    if not isinstance(is_causal, bool) or not isinstance(enable_gqa, bool):
+        return "is_causal or enable_gqa is not a bool"
     if any(t.dim() != 4 for t in ts):
         return "only 4-D (N, H, L, E) inputs are served"
     if len({t.dtype for t in ts}) != 1 or not query.is_floating_point():
