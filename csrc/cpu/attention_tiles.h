@@ -43,43 +43,63 @@ constexpr int kLanes = 16;
 // in dk/dv, and must stay as accurate as PyTorch's matmul).
 constexpr int64_t kSumChunk = 16;
 
-// C[m, n] += sum_k A(m, k) * B[k, n] for a register block of MR rows and NR
-// columns: A(m, k) = a[m * sam + k * sak] (any strides: A may be a tile read
-// transposed), B rows contiguous with leading dim ldb, C with leading dim ldc.
-// The MR x NR partial sums stay in registers across a chunk of k.
-template <int MR, int NR, typename A>
+// C[m, n] += sum_k A(m, k) * B[k, n] for a register block of MR rows and NV
+// vectors of VB bytes: A(m, k) = a[m * sam + k * sak] (any strides: A may be
+// a tile read transposed), B rows contiguous with leading dim ldb, C with
+// leading dim ldc. The block's partial sums are gcc vector-extension values
+// (SIMD registers of the caller's target), which gcc keeps in registers
+// where it spills a plain array of scalars.
+template <int MR, int NV, int VB, typename A>
 FASTATTN_INLINE void gemm_block(int64_t K, const A* __restrict a, int64_t sam, int64_t sak,
                                 const A* __restrict b, int64_t ldb, A* __restrict c,
                                 int64_t ldc) {
+  typedef A V __attribute__((vector_size(VB)));
+  // The r/v loops must be unrolled completely before gcc's scalar
+  // replacement runs, or the accumulators live on the stack.
   for (int64_t k0 = 0; k0 < K; k0 += kSumChunk) {
     const int64_t k1 = k0 + kSumChunk < K ? k0 + kSumChunk : K;
-    A acc[MR][NR] = {};
+    V acc[MR][NV];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) acc[r][v] = V{};
     for (int64_t k = k0; k < k1; ++k) {
-      const A* __restrict brow = b + k * ldb;
+      V bv[NV];
+      std::memcpy(bv, b + k * ldb, sizeof(bv));  // unaligned vector loads
+#pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
         const A av = a[r * sam + k * sak];
-        for (int n = 0; n < NR; ++n) acc[r][n] += av * brow[n];
+#pragma GCC unroll 4
+        for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
       }
     }
-    for (int r = 0; r < MR; ++r)
-      for (int n = 0; n < NR; ++n) c[r * ldc + n] += acc[r][n];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) {
+      V cv[NV];
+      std::memcpy(cv, c + r * ldc, sizeof(cv));
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) cv[v] += acc[r][v];
+      std::memcpy(c + r * ldc, cv, sizeof(cv));
+    }
   }
 }
 
 // C (M x N) += A (M x K) * B (K x N), layouts as in gemm_block. VB is the
-// vector width in bytes of the target: register blocks are 4 rows by two
-// vectors, a remainder of columns narrower than that goes one row at a time.
+// vector width in bytes of the target: register blocks of MR rows by two
+// vectors (MR = 8 with AVX-512's 32 registers, else 4); a remainder of
+// columns narrower than two vectors goes one row at a time.
 template <int VB, typename A>
 FASTATTN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const A* a, int64_t sam,
                               int64_t sak, const A* b, int64_t ldb, A* c, int64_t ldc) {
-  constexpr int MR = 4;
+  constexpr int MR = VB >= 64 ? 8 : 4;
   constexpr int NR = 2 * VB / static_cast<int>(sizeof(A));
   int64_t n0 = 0;
   for (; n0 + NR <= N; n0 += NR) {
     int64_t m = 0;
     for (; m + MR <= M; m += MR)
-      gemm_block<MR, NR>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc);
-    for (; m < M; ++m) gemm_block<1, NR>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc);
+      gemm_block<MR, 2, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc);
+    for (; m < M; ++m)
+      gemm_block<1, 2, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc);
   }
   if (n0 == N) return;
   // Remaining columns (fewer than NR), one row and at most NR / 2 columns
@@ -133,11 +153,17 @@ FASTATTN_INLINE double exp_acc(double x) { return std::exp(x); }
 // max over v[0, n) (kNegInf for n = 0), with kLanes partial maxima.
 template <typename A>
 FASTATTN_INLINE A row_max(const A* __restrict v, int64_t n) {
-  A part[kLanes];
+  // kLanes values as one gcc vector (split into the target's registers): the
+  // lane-wise arithmetic, hence the result, is the same on every target.
+  typedef A Lanes __attribute__((vector_size(kLanes * sizeof(A))));
+  Lanes part;
   for (int l = 0; l < kLanes; ++l) part[l] = kNegInf<A>;
   int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) part[l] = v[j + l] > part[l] ? v[j + l] : part[l];
+  for (; j + kLanes <= n; j += kLanes) {
+    Lanes x;
+    std::memcpy(&x, v + j, sizeof(x));
+    part = x > part ? x : part;
+  }
   for (int l = 0; j < n; ++j, ++l) part[l] = v[j] > part[l] ? v[j] : part[l];
   A m = kNegInf<A>;
   for (int l = 0; l < kLanes; ++l) m = part[l] > m ? part[l] : m;
@@ -147,10 +173,14 @@ FASTATTN_INLINE A row_max(const A* __restrict v, int64_t n) {
 // sum over v[0, n), with kLanes partial sums combined in a fixed order.
 template <typename A>
 FASTATTN_INLINE A row_sum(const A* __restrict v, int64_t n) {
-  A part[kLanes] = {};
+  typedef A Lanes __attribute__((vector_size(kLanes * sizeof(A))));  // as in row_max
+  Lanes part = {};
   int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) part[l] += v[j + l];
+  for (; j + kLanes <= n; j += kLanes) {
+    Lanes x;
+    std::memcpy(&x, v + j, sizeof(x));
+    part += x;
+  }
   for (int l = 0; j < n; ++j, ++l) part[l] += v[j];
   A s = 0;
   for (int l = 0; l < kLanes; ++l) s += part[l];
