@@ -101,6 +101,11 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
         A* __restrict sr = s + i * BN;
         const A m_new = std::max(m[i], tiles::row_max(sr, nb));
         if (m_new == kNegInf<A>) {  // nothing attendable yet: p = 0, state unchanged
+          // unless the max skipped NaN scores: then the row is NaN, as in torch
+          // (a NaN m keeps every later max, alpha and l NaN).
+          if (std::any_of(sr, sr + nb, [](A x) { return x != x; })) {
+            m[i] = l[i] = std::numeric_limits<A>::quiet_NaN();
+          }
           std::fill(sr, sr + nb, A(0));
           continue;
         }
@@ -122,7 +127,7 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
 
     for (int64_t i = 0; i < rows_all; ++i) {
       T* __restrict orow = obase + i * p.os.l;
-      if (i < rows && l[i] > A(0)) {
+      if (i < rows && l[i] != A(0)) {  // a NaN sum stays NaN, as in torch
         const A inv = A(1) / l[i];
         const A* __restrict ar = acc + i * D;
         for (int64_t d = 0; d < D; ++d) orow[d] = static_cast<T>(ar[d] * inv);
