@@ -23,8 +23,9 @@ NORM = backend_params("norm")
 ATTN = [pytest.param("reference", "cpu", id="reference-cpu")] + backend_params("attention")
 
 # Every op this file checks; test_every_op_is_checked fails on a new one.
-CHECKED = {"norm_fwd", "norm_bwd", "attention_fwd", "attention_bwd", "norm_fwd_native",
-           "norm_bwd_native", "attention_fwd_native", "attention_bwd_native"}
+CHECKED = {"norm_fwd", "norm_bwd", "attention_fwd", "attention_bwd", "attention_varlen_fwd",
+           "attention_varlen_bwd", "norm_fwd_native", "norm_bwd_native", "attention_fwd_native",
+           "attention_bwd_native"}
 
 
 def _registered_ops() -> set[str]:
@@ -114,6 +115,29 @@ def test_attention_ops(mask, q_len, kv_len, causal, dlse, backend, device):
                           (torch.randn_like(out), torch.randn_like(lse) if dlse else None,
                            q.detach(), k.detach(), v.detach(), out, lse, attn_mask, q_lengths,
                            kv_lengths, None, causal, 0.2, 0.0, False, backend))
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_varlen_ops(causal, backend, device):
+    """Packed sequences of lengths (5, 0, 9) over (7, 3, 12) keys: GQA,
+    an empty sequence, cross lengths."""
+    from fastattn.ops import attention_varlen as varlen_ops
+    if backend not in varlen_ops.VARLEN_BACKENDS:
+        pytest.skip(f"attention_varlen has no {backend} backend")
+    cu_q = torch.tensor([0, 5, 5, 14], dtype=torch.int32, device=device)
+    cu_k = torch.tensor([0, 7, 10, 22], dtype=torch.int32, device=device)
+    q = torch.randn(14, 4, 24, device=device, requires_grad=True)
+    k = torch.randn(22, 2, 24, device=device, requires_grad=True)
+    v = torch.randn(22, 2, 24, device=device, requires_grad=True)
+    args = (q, k, v, cu_q, cu_k, None, 9, 12, causal, 0.2, 0.0, backend)
+    torch.library.opcheck(varlen_ops.attention_varlen_fwd, args)
+    with torch.no_grad():
+        out, lse = varlen_ops.attention_varlen_fwd(*args)
+    torch.library.opcheck(varlen_ops.attention_varlen_bwd,
+                          (torch.randn_like(out), torch.randn_like(lse), q.detach(), k.detach(),
+                           v.detach(), out, lse, cu_q, cu_k, None, 9, 12, causal, 0.2, 0.0,
+                           backend))
 
 
 def _native(name: str):
