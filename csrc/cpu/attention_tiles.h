@@ -49,6 +49,14 @@ constexpr int64_t kSumChunk = 16;
 // leading dim ldc. The block's partial sums are gcc vector-extension values
 // (SIMD registers of the caller's target), which gcc keeps in registers
 // where it spills a plain array of scalars.
+// One unaligned vector load (one instruction, no trip through the stack).
+template <typename V, typename A>
+FASTATTN_INLINE V load_vec(const A* p) {
+  V v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
 template <int MR, int NV, int VB, typename A>
 FASTATTN_INLINE void gemm_block(int64_t K, const A* __restrict a, int64_t sam, int64_t sak,
                                 const A* __restrict b, int64_t ldb, A* __restrict c,
@@ -65,7 +73,8 @@ FASTATTN_INLINE void gemm_block(int64_t K, const A* __restrict a, int64_t sam, i
       for (int v = 0; v < NV; ++v) acc[r][v] = V{};
     for (int64_t k = k0; k < k1; ++k) {
       V bv[NV];
-      std::memcpy(bv, b + k * ldb, sizeof(bv));  // unaligned vector loads
+#pragma GCC unroll 4
+      for (int v = 0; v < NV; ++v) bv[v] = load_vec<V>(b + k * ldb + v * (VB / sizeof(A)));
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
         const A av = a[r * sam + k * sak];
@@ -75,11 +84,12 @@ FASTATTN_INLINE void gemm_block(int64_t K, const A* __restrict a, int64_t sam, i
     }
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
-      V cv[NV];
-      std::memcpy(cv, c + r * ldc, sizeof(cv));
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) cv[v] += acc[r][v];
-      std::memcpy(c + r * ldc, cv, sizeof(cv));
+      for (int v = 0; v < NV; ++v) {
+        A* cp = c + r * ldc + v * (VB / sizeof(A));
+        const V cv = load_vec<V>(cp) + acc[r][v];
+        std::memcpy(cp, &cv, sizeof(cv));
+      }
     }
   }
 }

@@ -1,0 +1,71 @@
+"""The C++ CPU attention kernels' instruction-set variants.
+
+csrc/cpu/cpu_isa.h compiles the hot loops for SSE2 (the default target),
+AVX2 and AVX-512 and runs the widest one the CPU supports; the shared
+suite (test_attention.py, test_attention_dropout.py) therefore only sees
+that one. FASTATTN_CPU_ISA lowers the choice, so here every narrower
+variant runs the accuracy protocol on cases that reach their different
+code paths: head dims that leave a column remainder in the tile products,
+odd lengths, masks, causal, GQA, float16 and dropout.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastattn
+from fastattn import _backends
+
+from test_attention import Case, check_case
+from test_attention_dropout import _kernel
+
+pytestmark = pytest.mark.skipif(
+    bool(_backends.unavailable_reason("cpu", "attention", torch.device("cpu"))),
+    reason=_backends.unavailable_reason("cpu", "attention", torch.device("cpu")) or "")
+
+ISAS = ["default", "avx2"]
+
+CASES = [
+    Case(2, 4, 2, 67, 131, 40, causal=True, mask="float_grad", mask_shape="Hqk",
+         q_lengths=True, kv_lengths=True),
+    Case(1, 2, 2, 9, 70, 24, mask="bool", mask_shape="Bqk"),
+    Case(2, 2, 1, 65, 64, 128, causal=True, layout="blhd"),
+]
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_isa_variant_accuracy(isa, case, dtype, monkeypatch):
+    monkeypatch.setenv("FASTATTN_CPU_ISA", isa)
+    check_case(case, "cpu", "cpu", dtype)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_isa_variants_draw_the_same_dropout(isa, monkeypatch):
+    # Same seed: the variant's output (and gradient) equals the widest
+    # variant's up to rounding, so it applied the identical mask.
+    g = torch.Generator().manual_seed(7)
+    q, k, v = (torch.randn(2, 4, 37, 40, generator=g).requires_grad_() for _ in range(3))
+    run = _kernel("cpu", True, 0.3)
+    results = []
+    for chosen in (None, isa):
+        if chosen is None:
+            monkeypatch.delenv("FASTATTN_CPU_ISA", raising=False)
+        else:
+            monkeypatch.setenv("FASTATTN_CPU_ISA", chosen)
+        torch.manual_seed(11)
+        out, _ = run(q, k, v, None, None, None)
+        (dq,) = torch.autograd.grad(out.square().sum(), [q])
+        results.append((out.detach(), dq))
+    (o1, g1), (o2, g2) = results
+    assert (o1 == 0).eq(o2 == 0).all()
+    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g2, g1, rtol=1e-4, atol=1e-5)
+
+
+def test_auto_picks_cpu_backend():
+    q = torch.randn(1, 2, 5, 16)
+    assert fastattn.ops.attention.pick_backend("auto", q, 0.0) == "cpu"
+    assert fastattn.ops.attention.pick_backend("auto", q, 0.2) == "cpu"
