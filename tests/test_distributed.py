@@ -13,8 +13,8 @@
 from __future__ import annotations
 
 import datetime
+import faulthandler
 import os
-import socket
 import time
 
 import pytest
@@ -55,8 +55,13 @@ def _loss(model, src, tgt, src_pad):
     return out.square().mean()
 
 
-def _worker(rank: int, mode: str, port: int, out_dir: str):
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+def _worker(rank: int, mode: str, out_dir: str):
+    # Should a process hang, its stacks reach the test log before the kill.
+    faulthandler.dump_traceback_later(TIMEOUT_S - 10)
+    # Rendezvous through a file in the test's own folder: no port that a
+    # concurrent run could take between choosing it and binding it.
+    init = "file://" + os.path.join(out_dir, "rendezvous")
+    dist.init_process_group("gloo", init_method=init, rank=rank,
                             world_size=WORLD, timeout=datetime.timedelta(seconds=TIMEOUT_S))
     try:
         torch.set_num_threads(1)
@@ -83,14 +88,8 @@ def _worker(rank: int, mode: str, port: int, out_dir: str):
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_two_processes(mode: str, out_dir: str):
-    ctx = mp.spawn(_worker, args=(mode, _free_port(), out_dir), nprocs=WORLD, join=False)
+    ctx = mp.spawn(_worker, args=(mode, out_dir), nprocs=WORLD, join=False)
     deadline = time.monotonic() + TIMEOUT_S
     while not ctx.join(timeout=1):
         if time.monotonic() > deadline:
