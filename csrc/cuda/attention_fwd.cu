@@ -195,10 +195,10 @@ __global__ void __launch_bounds__(kFwdThreads)
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const float l = quad_sum(l_run[r]);
-    const float inv = l > 0.f ? 1.f / l : 0.f;
+    const float inv = l != 0.f ? 1.f / l : 0.f;  // NaN scores propagate, as in torch
     const int i = rows[r];
     if (i >= pb.Lq) continue;
-    if (t == 0) lse[i] = l > 0.f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY;
+    if (t == 0) lse[i] = l != 0.f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY;
     T* orow = out + static_cast<int64_t>(i) * p.out.stride_l;
 #pragma unroll
     for (int db = 0; db < DB; ++db) {

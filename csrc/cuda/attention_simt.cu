@@ -126,8 +126,8 @@ __global__ void __launch_bounds__(kSimtThreads)
     const int i = m0 + warp * kRowsPerWarp + r;
     if (i >= pb.Lq) continue;
     const float l = l_run[r];
-    const float inv = l > 0.f ? 1.f / l : 0.f;
-    if (lane == 0) lse[i] = l > 0.f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY;
+    const float inv = l != 0.f ? 1.f / l : 0.f;  // NaN scores propagate, as in torch
+    if (lane == 0) lse[i] = l != 0.f ? (m_run[r] + log2f(l)) * kLn2 : -INFINITY;
 #pragma unroll
     for (int c = 0; c < DPL; ++c) {
       const int col = lane + 32 * c;
