@@ -28,10 +28,14 @@ SCRIPT = textwrap.dedent('''
     arch, dt, D, mask_kind = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     P = "*" + dt
     mask_ptr = "*u8" if mask_kind == 1 else P
+    # dropout on two of the four cases, packed (varlen) sequences on the others
+    dropout = mask_kind != 0
     common = dict(BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=True, MASK_KIND=mask_kind,
                   HAS_QLENS=True, HAS_KVLENS=True, ACC_DTYPE=tl.float32,
-                  DOT_PRECISION="ieee" if dt == "fp32" else "tf32")
-    base = dict(Q=P, K=P, V=P, Lse="*fp32", Mask=mask_ptr, QLens="*i32", KVLens="*i32")
+                  DOT_PRECISION="ieee" if dt == "fp32" else "tf32",
+                  DROPOUT=dropout, VARLEN=not dropout)
+    base = dict(Q=P, K=P, V=P, Lse="*fp32", Mask=mask_ptr, QLens="*i32", KVLens="*i32",
+                Seed="*i64")
     kernels = [
         (F.attention_fwd_kernel, dict(base, Out=P), dict(common, BLOCK_M=64, BLOCK_N=32), 4, 2),
         (Bw.attention_bwd_dkdv_kernel, dict(base, DOut=P, Delta="*fp32", DK=P, DV=P),
@@ -44,7 +48,8 @@ SCRIPT = textwrap.dedent('''
     ]
     for fn, ptrs, consts, warps, stages in kernels:
         sig = {n: "constexpr" if n in consts else
-               ptrs.get(n, "fp32" if n in ("qk_scale", "scale") else "i32") for n in fn.arg_names}
+               ptrs.get(n, "fp32" if n in ("qk_scale", "scale", "drop_scale") else "i32")
+               for n in fn.arg_names}
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
                            target=GPUTarget("cuda", arch, 32),
                            options=dict(num_warps=warps, num_stages=stages))
