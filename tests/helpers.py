@@ -66,3 +66,12 @@ class FastattnOpCounter(torch.utils._python_dispatch.TorchDispatchMode):
             name = func._schema.name.split("::")[-1]
             self.counts[name] = self.counts.get(name, 0) + 1
         return func(*args, **(kwargs or {}))
+
+
+def dtypes_for(device: str) -> list[torch.dtype]:
+    """Dtypes a kernel test runs in on `device`: bf16 only on a GPU, because
+    the Triton interpreter's bf16 tl.dot is not trustworthy (and the CPU
+    backend's bf16 takes the same code path as its fp16)."""
+    if device == "cuda":
+        return [torch.float16, torch.bfloat16, torch.float32]
+    return [torch.float32, torch.float16]

@@ -21,16 +21,10 @@ from hypothesis import given, settings, strategies as st
 import fastattn
 from fastattn import reference
 
-from helpers import assert_close, backend_params
+from helpers import assert_close, backend_params, dtypes_for
 
 BACKENDS = backend_params("attention")
 
-
-def dtypes_for(device: str) -> list[torch.dtype]:
-    # bf16 only on a GPU: the interpreter's bf16 tl.dot is not trustworthy.
-    if device == "cuda":
-        return [torch.float16, torch.bfloat16, torch.float32]
-    return [torch.float32, torch.float16]
 
 
 @dataclass(frozen=True)

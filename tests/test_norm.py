@@ -20,7 +20,7 @@ from hypothesis import given, settings, strategies as st
 import fastattn
 from fastattn import _rng, reference
 
-from helpers import HAS_CUDA, INTERPRET, assert_close, backend_params
+from helpers import HAS_CUDA, INTERPRET, assert_close, backend_params, dtypes_for
 
 
 def _runnable(params):
@@ -31,13 +31,6 @@ def _runnable(params):
 BACKENDS = _runnable(backend_params("norm"))
 CPU_BACKENDS = _runnable(backend_params("norm", devices=("cpu",)))
 
-
-def dtypes_for(device: str) -> list[torch.dtype]:
-    # bf16 only on a GPU (the interpreter's bf16 is not trustworthy, and the
-    # CPU backend's bf16 is covered by the same code path as fp16).
-    if device == "cuda":
-        return [torch.float16, torch.bfloat16, torch.float32]
-    return [torch.float32, torch.float16]
 
 
 @dataclass(frozen=True)
