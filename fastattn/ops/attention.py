@@ -227,21 +227,29 @@ attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------ checks
 
 
-def _check_qkv(q, k, v):
+def _check_qkv(q, k, v, *, packed: bool = False):
+    """q, k, v of one attention call: (B, H, L, D), or (total, H, D) when
+    `packed` (attention_varlen). Heads are dim 1 and the head dim is last in
+    both layouts."""
+    if packed:
+        rank, q_layout, kv_layout = 3, "(total_q, Hq, D)", "(total_k, Hkv, D)"
+    else:
+        rank, q_layout, kv_layout = 4, "(B, Hq, Lq, D)", "(B, Hkv, Lk, D)"
     for name, t in (("q", q), ("k", k), ("v", v)):
         _checks.check_tensor(name, t)
-        if t.dim() != 4:
-            shape = "(B, Hq, Lq, D)" if name == "q" else "(B, Hkv, Lk, D)"
-            raise ValueError(f"{name} must be 4-D {shape}, got shape {tuple(t.shape)}")
+        if t.dim() != rank:
+            layout = q_layout if name == "q" else kv_layout
+            raise ValueError(f"{name} must be {rank}-D {layout}, got shape {tuple(t.shape)}")
     for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
         if t.device != q.device:
             raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
-    B, Hq, _, D = q.shape
-    if k.shape[0] != B:
-        raise ValueError(f"k must have the batch size of q ({B}), got shape {tuple(k.shape)}")
-    if k.shape[3] != D:
+    Hq, D = q.shape[1], q.shape[-1]
+    if not packed and k.shape[0] != q.shape[0]:
+        raise ValueError(f"k must have the batch size of q ({q.shape[0]}), "
+                         f"got shape {tuple(k.shape)}")
+    if k.shape[-1] != D:
         raise ValueError(f"k must have the head dim of q ({D}), got shape {tuple(k.shape)}")
     if tuple(v.shape) != tuple(k.shape):
         raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")

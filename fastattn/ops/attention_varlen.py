@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _checks
-from .attention import (MAX_HEAD_DIM, MIN_HEAD_DIM, _check_scale, _values_checkable,
+from .attention import (_check_qkv, _check_scale, _values_checkable,
                         deterministic_mode)
 
 VARLEN_BACKENDS = ("triton", "reference")
@@ -133,30 +133,6 @@ attention_varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
 # ------------------------------------------------------------------ checks
 
 
-def _check_packed(q, k, v):
-    for name, t in (("q", q), ("k", k), ("v", v)):
-        _checks.check_tensor(name, t)
-        if t.dim() != 3:
-            shape = "(total_q, Hq, D)" if name == "q" else "(total_k, Hkv, D)"
-            raise ValueError(f"{name} must be 3-D {shape}, got shape {tuple(t.shape)}")
-    for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name} must have the dtype of q ({q.dtype}), got {t.dtype}")
-        if t.device != q.device:
-            raise ValueError(f"{name} must be on the device of q ({q.device}), got {t.device}")
-    Hq, D = q.shape[1], q.shape[2]
-    if k.shape[2] != D:
-        raise ValueError(f"k must have the head dim of q ({D}), got shape {tuple(k.shape)}")
-    if tuple(v.shape) != tuple(k.shape):
-        raise ValueError(f"v must have the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
-    if k.shape[1] == 0 or Hq % k.shape[1] != 0:
-        raise ValueError(f"the number of query heads of q ({Hq}) must be a multiple of the "
-                         f"number of kv heads of k ({k.shape[1]})")
-    if not (MIN_HEAD_DIM <= D <= MAX_HEAD_DIM and D % 8 == 0):
-        raise ValueError(f"head dim of q must be a multiple of 8 in [{MIN_HEAD_DIM}, "
-                         f"{MAX_HEAD_DIM}], got {D}")
-
-
 def _check_max(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, torch.SymInt)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -201,7 +177,7 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
     k/v (total_k, Hkv, D), cu_seqlens_* int32 (batch + 1,) prefix sums.
     Returns out (total_q, Hq, D), and lse (Hq, total_q) when return_lse.
     deterministic as for attention()."""
-    _check_packed(q, k, v)
+    _check_qkv(q, k, v, packed=True)
     max_seqlen_q = _check_max("max_seqlen_q", max_seqlen_q)
     max_seqlen_k = _check_max("max_seqlen_k", max_seqlen_k)
     cu_seqlens_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q, q.shape[0],
