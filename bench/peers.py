@@ -63,6 +63,14 @@ def _importable(module: str) -> str:
     return ""
 
 
+def _cuda_peer_unavailable(module: str, label: str, device: torch.device) -> str:
+    """Empty if a CUDA-only peer library can run here, else why not."""
+    why = _importable(module)
+    if not why and device.type != "cuda":
+        why = f"{label} needs a CUDA device"
+    return why
+
+
 # ---------------------------------------------------------------- norms
 
 
@@ -83,9 +91,8 @@ def norm_peers(wanted: tuple[str, ...], device: torch.device, is_rms: bool, is_a
         compiled = torch.compile(functools.partial(_torch_norm, is_rms=is_rms))
         impls.append(Impl(f"torch.compile{add}", compiled))
     if "liger" in wanted:
-        why = _importable("liger_kernel.transformers.functional")
-        if not why and device.type != "cuda":
-            why = "Liger-Kernel needs a CUDA device"
+        why = _cuda_peer_unavailable("liger_kernel.transformers.functional", "Liger-Kernel",
+                                     device)
         if why:
             notes.add(f"peer liger skipped: {why}")
         else:
@@ -98,9 +105,7 @@ def norm_peers(wanted: tuple[str, ...], device: torch.device, is_rms: bool, is_a
                 return liger.liger_layer_norm(h, inp["weight"], inp["bias"], inp["eps"])
             impls.append(Impl(f"liger{add}", run_liger))
     if "apex" in wanted:
-        why = _importable("apex.normalization.fused_layer_norm")
-        if not why and device.type != "cuda":
-            why = "apex needs a CUDA device"
+        why = _cuda_peer_unavailable("apex.normalization.fused_layer_norm", "apex", device)
         if why:
             notes.add(f"peer apex skipped: {why}")
         else:

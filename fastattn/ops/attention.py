@@ -321,12 +321,6 @@ def _check_scale(scale, head_dim: int) -> float:
     return float(scale)
 
 
-def _check_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return value
-
-
 # ----------------------------------------------------------------- frontend
 
 
@@ -354,8 +348,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     _check_qkv(q, k, v)
     B, Hq, Lq, D = q.shape
     Lk = k.shape[2]
-    causal = _check_flag("causal", causal)
-    return_lse = _check_flag("return_lse", return_lse)
+    causal = _checks.check_flag("causal", causal)
+    return_lse = _checks.check_flag("return_lse", return_lse)
     mask4 = _check_mask(attn_mask, q, (B, Hq, Lq, Lk))
     q_lengths = _check_lengths("q_lengths", q_lengths, q, Lq, "Lq")
     kv_lengths = _check_lengths("kv_lengths", kv_lengths, q, Lk, "Lk")
@@ -369,7 +363,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
 
 def deterministic_mode(deterministic) -> bool:
     """The argument, or torch's global deterministic-algorithms switch."""
-    _check_flag("deterministic", deterministic)
+    _checks.check_flag("deterministic", deterministic)
     return deterministic or torch.are_deterministic_algorithms_enabled()
 
 
