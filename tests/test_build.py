@@ -14,8 +14,13 @@ def test_backends_report_every_backend_and_family():
     assert set(report) == set(_backends.BACKENDS)
     for backend, families in report.items():
         assert set(families) == set(_backends.OP_BACKENDS)
-        assert families["norm"] == "available" or families["norm"], backend
+        for family, status in families.items():
+            # "available", or a reason that agrees with backend resolution
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            assert status == (_backends.unavailable_reason(backend, family, device)
+                              or "available"), (backend, family)
     assert report["reference"]["norm"] == "available"
+    assert report["reference"]["attention"] == "available"
 
 
 @pytest.mark.skipif(os.environ.get("FASTATTN_EXPECT_EXTENSION") != "1",
