@@ -69,3 +69,38 @@ def test_auto_picks_cpu_backend():
     q = torch.randn(1, 2, 5, 16)
     assert fastattn.ops.attention.pick_backend("auto", q, 0.0) == "cpu"
     assert fastattn.ops.attention.pick_backend("auto", q, 0.2) == "cpu"
+
+
+# The backward splits the keys of each (batch, kv head) into chunks when there
+# are fewer than 32 such heads (partial dq summed in a final pass) and lets
+# each item write dq itself otherwise: both ways, with causal, lengths, GQA
+# and a bias gradient.
+SPLIT_CASES = [
+    Case(1, 2, 1, 130, 300, 64, causal=True, mask="float_grad", mask_shape="Hqk",
+         q_lengths=True, kv_lengths=True),  # one kv head, 5 key blocks: 5 chunks
+    Case(4, 16, 8, 70, 129, 32, causal=True, mask="bool", mask_shape="Bqk",
+         q_lengths=True, kv_lengths=True),  # 32 kv heads: one chunk each
+]
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES, ids=str)
+def test_backward_key_split(case):
+    check_case(case, "cpu", "cpu", torch.float32)
+
+
+@pytest.mark.parametrize("heads", [1, 32])
+def test_result_independent_of_thread_count(heads):
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, heads, 150, 32, generator=g).requires_grad_() for _ in range(3))
+    dout = torch.randn(1, heads, 150, 32, generator=g)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 3):
+            torch.set_num_threads(n)
+            out = fastattn.attention(q, k, v, causal=True, backend="cpu")
+            results.append((out, *torch.autograd.grad(out, (q, k, v), dout)))
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)

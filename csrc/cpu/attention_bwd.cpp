@@ -9,21 +9,24 @@
 //     dv_j  = sum_i z_ij p_ij dout_i,      dbias_ij = ds_ij   (c = scale)
 // (delta comes from the binding, attention.cpp).
 //
-// Two passes, each writing disjoint outputs so that no two threads ever add
-// into the same element and results do not depend on the thread count:
-//   1. dK/dV: work item = (b, kv head, block of kBlockN keys); it walks the
-//      query heads of its group and their query blocks that may see the
-//      keys, accumulating dk, dv of its keys in scratch.
-//   2. dQ (and the full bias gradient): work item = (b, query head, block of
-//      kBlockM rows) over the key tiles the block may attend, as the forward.
-// Both recompute s and dp; that costs a second pair of products but needs no
-// atomics and no O(L^2) storage.
+// One pass, five tile products per (query block, key block), on key-major
+// tiles (attention_tiles.h): s^T = K (c Q)^T, dp^T = V dout^T, dv += p^T dout,
+// dk += ds^T q, dq += ds k. Work item = (b, kv head, chunk of key blocks):
+// it owns the dk, dv rows of its keys and accumulates them over every query
+// head of its group and every query block, so no two threads ever add into
+// the same element. dq sums over keys, i.e. over chunks: with one chunk per
+// (b, kv head) the item writes dq itself; with several, each chunk stores
+// its partial dq and a final pass adds the partials in chunk order. The
+// chunk count depends on the problem's shape only (enough items for the
+// threads of any machine), so the result is bitwise the same whatever the
+// thread count.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "cpu/attention_cpu.h"
@@ -35,76 +38,21 @@ namespace {
 using tiles::acc_t;
 using tiles::kNegInf;
 
-// Recomputes the rows x nb probability tile p (leading dim kBlockN) of rows
-// [i0, i0 + rows) and keys [j0, j0 + nb) of head (b, h), and the tile dp =
-// z * (dout . v^T). qb/dob: the rows of q and dout (rows x D); kt/vt: K^T and
-// V^T of the keys (D x kBlockN); lse: the rows' lse.
-template <typename A, int VB>
-FASTATTN_INLINE void probs_and_dp(const Problem& pb, int64_t b, int64_t h, int64_t i0,
-                                  int64_t rows, int64_t j0, int64_t nb, const A* qb,
-                                  const A* dob, const A* kt, const A* vt, const A* lse, A* p,
-                                  A* dp, A* pd) {
-  const int64_t D = pb.D, BN = kBlockN;
-  const A scale = static_cast<A>(pb.scale);
-  for (int64_t i = 0; i < rows; ++i) {
-    std::fill(p + i * BN, p + i * BN + nb, A(0));
-    std::fill(dp + i * BN, dp + i * BN + nb, A(0));
-  }
-  tiles::gemm_acc<VB>(rows, nb, D, qb, D, 1, kt, BN, p, BN);
-  for (int64_t i = 0; i < rows; ++i) {
-    A* __restrict sr = p + i * BN;
-    for (int64_t j = 0; j < nb; ++j) sr[j] *= scale;
-  }
-  tiles::apply_mask(p, BN, rows, nb, pb.mask, b, h, i0, j0);
-  const int64_t diag = pb.kv_len[b] - pb.q_len[b];
-  if (pb.causal && j0 + nb - 1 > i0 + diag) tiles::apply_causal(p, BN, rows, nb, i0, j0, diag);
-  for (int64_t i = 0; i < rows; ++i) {
-    A* __restrict sr = p + i * BN;
-    if (lse[i] == kNegInf<A>) {
-      std::fill(sr, sr + nb, A(0));
-    } else {
-      tiles::exp_shifted(sr, nb, lse[i]);
-    }
-  }
-  tiles::gemm_acc<VB>(rows, nb, D, dob, D, 1, vt, BN, dp, BN);
-  if (!pb.drop.on) return;
-  const A drop_scale = static_cast<A>(pb.drop.scale);
-  for (int64_t i = 0; i < rows; ++i) {
-    const auto keys = dropout::row_keys(pb.drop.seed, (b * pb.Hq + h) * pb.Lq + i0 + i);
-    const uint32_t col0 = static_cast<uint32_t>(j0);
-    tiles::dropout_row(dp + i * BN, nb, keys, col0, pb.drop.thresh, drop_scale);
-    if (pd != nullptr) {
-      std::copy(p + i * BN, p + i * BN + nb, pd + i * BN);
-      tiles::dropout_row(pd + i * BN, nb, keys, col0, pb.drop.thresh, drop_scale);
-    }
-  }
-}
+// Work items wanted at least: below that, the keys of a (b, kv head) are
+// split into chunks (fixed number, not the thread count: see above).
+constexpr int64_t kMinBwdItems = 32;
 
-// dp becomes ds = p * (dp - delta).
+// How the keys of each (b, kv head) are split into work items.
 template <typename A>
-FASTATTN_INLINE void scores_grad(int64_t rows, int64_t nb, const A* p, A* dp, const A* delta) {
-  for (int64_t i = 0; i < rows; ++i) {
-    const A* __restrict pr = p + i * kBlockN;
-    A* __restrict dr = dp + i * kBlockN;
-    const A di = delta[i];
-    for (int64_t j = 0; j < nb; ++j) dr[j] = pr[j] * (dr[j] - di);
-  }
-}
+struct Split {
+  int64_t chunks = 1;          // chunks per (b, kv head)
+  int64_t blocks = 1;          // key blocks per chunk
+  A* dq_part = nullptr;        // (chunks, B, Hq, Lq, D) partial dq when chunks > 1
+};
 
-// Loads keys [j0, j0 + nb) of a (L, D) slice transposed into dst (D x kBlockN).
-template <typename A, typename T>
-FASTATTN_INLINE void load_transposed(A* __restrict dst, const T* base, int64_t stride,
-                                     int64_t j0, int64_t nb, int64_t D) {
-  for (int64_t j = 0; j < nb; ++j) {
-    const T* __restrict r = base + (j0 + j) * stride;
-    for (int64_t d = 0; d < D; ++d) dst[d * kBlockN + j] = static_cast<A>(r[d]);
-  }
-}
-
-template <typename A, typename T>
-FASTATTN_INLINE void load_rows(A* __restrict dst, const T* base, int64_t stride, int64_t r0,
-                               int64_t rows, int64_t D) {
-  for (int64_t i = 0; i < rows; ++i) tiles::widen(dst + i * D, base + (r0 + i) * stride, D);
+template <typename T>
+FASTATTN_INLINE void zero_rows(T* base, int64_t stride, int64_t r0, int64_t r1, int64_t D) {
+  for (int64_t i = r0; i < r1; ++i) std::fill(base + i * stride, base + i * stride + D, T(0));
 }
 
 // Writes rows x D of acc * factor into rows [r0, r0 + rows) of a slice.
@@ -118,163 +66,159 @@ FASTATTN_INLINE void store_rows(T* base, int64_t stride, int64_t r0, int64_t row
   }
 }
 
-template <typename T>
-FASTATTN_INLINE void zero_rows(T* base, int64_t stride, int64_t r0, int64_t r1, int64_t D) {
-  for (int64_t i = r0; i < r1; ++i) std::fill(base + i * stride, base + i * stride + D, T(0));
-}
-
-// Pass 1: dk, dv for work items [begin, end) = (b, kv head, key block).
+// Gradients for work items [begin, end) = (b, kv head, key chunk).
 template <typename T, int VB>
-FASTATTN_INLINE void dkdv_range(const BwdParams<T>& p, int64_t begin, int64_t end) {
+FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp, int64_t begin,
+                               int64_t end) {
   using A = acc_t<T>;
+  constexpr int64_t NR = tiles::panel_width<VB, A>();
   const Problem& pb = p.pb;
   const int64_t D = pb.D, BM = kBlockM, BN = kBlockN;
   const int64_t group = pb.Hq / pb.Hkv;
-  const int64_t n_nblocks = (pb.Lk + BN - 1) / BN;
+  const int64_t chunk_keys = sp.blocks * BN;
   const A scale = static_cast<A>(pb.scale);
+  const A drop_scale = static_cast<A>(pb.drop.scale);
+  constexpr A kInf = std::numeric_limits<A>::infinity();
 
-  std::vector<A> buf(static_cast<size_t>(2 * D * BN + 2 * BM * D + 3 * BM * BN + 2 * BN * D));
-  A* kt = buf.data();          // K^T of the key block (D x BN)
-  A* vt = kt + D * BN;         // V^T (D x BN)
-  A* qb = vt + D * BN;         // q rows (BM x D)
-  A* dob = qb + BM * D;        // dout rows (BM x D)
-  A* pt = dob + BM * D;        // probabilities (BM x BN)
-  A* dpt = pt + BM * BN;       // dp, then ds (BM x BN)
-  A* pdt = dpt + BM * BN;      // probabilities after dropout (BM x BN)
-  A* dk_acc = pdt + BM * BN;   // (BN x D)
-  A* dv_acc = dk_acc + BN * D; // (BN x D)
+  // Per-thread scratch. Chunk-wide: K and V rows widened from 16-bit inputs,
+  // dk and dv accumulators (chunk_keys x D each). Per query block: c Q^T and
+  // dout^T (D x BM), q and dout rows widened (BM x D), the dq accumulator
+  // (BM x D), p, dp and dropped-p tiles (BN x BM), lse shift, delta, keys.
+  std::vector<A> buf(static_cast<size_t>(4 * chunk_keys * D + 2 * D * BM + 3 * BM * D +
+                                         3 * BN * BM + 2 * BM));
+  A* kw = buf.data();
+  A* vw = kw + chunk_keys * D;
+  A* dk_acc = vw + chunk_keys * D;
+  A* dv_acc = dk_acc + chunk_keys * D;
+  A* qt = dv_acc + chunk_keys * D;
+  A* dot = qt + D * BM;
+  A* qw = dot + D * BM;
+  A* dow = qw + BM * D;
+  A* dq_acc = dow + BM * D;
+  A* pt = dq_acc + BM * D;
+  A* dpt = pt + BN * BM;
+  A* pdt = dpt + BN * BM;
+  A* shift = pdt + BN * BM;
+  A* dlt = shift + BM;
+  std::vector<uint32_t> keys(static_cast<size_t>(2 * BM));
+  uint32_t* ka = keys.data();
+  uint32_t* kb = ka + BM;
 
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t nblk = item % n_nblocks;
-    const int64_t hk = (item / n_nblocks) % pb.Hkv;
-    const int64_t b = item / (n_nblocks * pb.Hkv);
-    const int64_t j0 = nblk * BN;
-    const int64_t cols_all = std::min(BN, pb.Lk - j0);
+    const int64_t chunk = item % sp.chunks;
+    const int64_t hk = (item / sp.chunks) % pb.Hkv;
+    const int64_t b = item / (sp.chunks * pb.Hkv);
     const int64_t q_len = pb.q_len[b], kv_len = pb.kv_len[b];
     const int64_t diag = kv_len - q_len;
-    const int64_t cols = std::clamp<int64_t>(kv_len - j0, 0, cols_all);
+    const int64_t j_lo = std::min(pb.Lk, chunk * chunk_keys);
+    const int64_t j_end = std::min(pb.Lk, j_lo + chunk_keys);  // the chunk's keys
+    const int64_t j_hi = std::clamp<int64_t>(kv_len, j_lo, j_end);  // its valid keys
+    const int64_t nkeys = j_hi - j_lo;
+
     T* dkb = p.dk + b * p.dks.b + hk * p.dks.h;
     T* dvb = p.dv + b * p.dvs.b + hk * p.dvs.h;
-    zero_rows(dkb, p.dks.l, j0 + cols, j0 + cols_all, D);
-    zero_rows(dvb, p.dvs.l, j0 + cols, j0 + cols_all, D);
-    if (cols == 0) continue;
+    zero_rows(dkb, p.dks.l, j_hi, j_end, D);
+    zero_rows(dvb, p.dvs.l, j_hi, j_end, D);
+    if (nkeys == 0 && sp.chunks > 1) continue;  // partial dq stays 0
 
-    load_transposed(kt, p.k + b * p.ks.b + hk * p.ks.h, p.ks.l, j0, cols, D);
-    load_transposed(vt, p.v + b * p.vs.b + hk * p.vs.h, p.vs.l, j0, cols, D);
-    std::fill(dk_acc, dk_acc + cols * D, A(0));
-    std::fill(dv_acc, dv_acc + cols * D, A(0));
-    // Rows that may see a key of the block: i < q_len and, with causal,
-    // i + diag >= j0.
-    const int64_t i_lo = pb.causal ? std::max<int64_t>(0, j0 - diag) : 0;
+    int64_t kld = 0, vld = 0;
+    const A* kr = tiles::rows_operand(p.k + b * p.ks.b + hk * p.ks.h + j_lo * p.ks.l, p.ks.l,
+                                      nkeys, D, kw, kld);
+    const A* vr = tiles::rows_operand(p.v + b * p.vs.b + hk * p.vs.h + j_lo * p.vs.l, p.vs.l,
+                                      nkeys, D, vw, vld);
+    std::fill(dk_acc, dk_acc + nkeys * D, A(0));
+    std::fill(dv_acc, dv_acc + nkeys * D, A(0));
+
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = hk * group + g;
+      const int64_t row0 = (b * pb.Hq + h) * pb.Lq;  // of lse, delta, dbias, dropout
       const T* qbase = p.q + b * p.qs.b + h * p.qs.h;
       const T* dobase = p.dout + b * p.dos.b + h * p.dos.h;
-      const A* lse = p.lse + (b * pb.Hq + h) * pb.Lq;
-      const A* delta = p.delta + (b * pb.Hq + h) * pb.Lq;
-      for (int64_t i0 = i_lo; i0 < q_len; i0 += BM) {
+      T* dqb = p.dq + b * p.dqs.b + h * p.dqs.h;
+      if (sp.chunks == 1) zero_rows(dqb, p.dqs.l, q_len, pb.Lq, D);
+
+      for (int64_t i0 = 0; i0 < q_len; i0 += BM) {
         const int64_t rows = std::min(BM, q_len - i0);
-        load_rows(qb, qbase, p.qs.l, i0, rows, D);
-        load_rows(dob, dobase, p.dos.l, i0, rows, D);
-        probs_and_dp<A, VB>(pb, b, h, i0, rows, j0, cols, qb, dob, kt, vt, lse + i0, pt, dpt,
-                            pb.drop.on ? pdt : nullptr);
-        // dv += pd^T dout: A(m = key j, k = row i) = pd[i * BN + j].
-        tiles::gemm_acc<VB>(cols, D, rows, pb.drop.on ? pdt : pt, 1, BN, dob, D, dv_acc, D);
-        scores_grad(rows, cols, pt, dpt, delta + i0);
-        tiles::gemm_acc<VB>(cols, D, rows, dpt, 1, BN, qb, D, dk_acc, D);
-      }
-    }
-    store_rows(dkb, p.dks.l, j0, cols, D, dk_acc, scale);
-    store_rows(dvb, p.dvs.l, j0, cols, D, dv_acc, A(1));
-  }
-}
+        const int64_t cols = std::min(BM, (rows + NR - 1) / NR * NR);
+        // Keys of the chunk that some row of the block may attend.
+        int64_t kend = j_hi;
+        if (pb.causal) kend = std::clamp<int64_t>(i0 + rows + diag, j_lo, kend);
+        if (kend == j_lo && sp.chunks > 1) continue;
 
-// Pass 2: dq (and dbias) for work items [begin, end) = (b, query head, row block).
-template <typename T, int VB>
-FASTATTN_INLINE void dq_range(const BwdParams<T>& p, int64_t begin, int64_t end) {
-  using A = acc_t<T>;
-  const Problem& pb = p.pb;
-  const int64_t D = pb.D, BM = kBlockM, BN = kBlockN;
-  const int64_t group = pb.Hq / pb.Hkv;
-  const int64_t n_mblocks = (pb.Lq + BM - 1) / BM;
-  const A scale = static_cast<A>(pb.scale);
+        std::fill(dq_acc, dq_acc + rows * D, A(0));
+        if (kend > j_lo) {
+          tiles::load_transposed(qt, BM, qbase + i0 * p.qs.l, p.qs.l, rows, cols, D, scale);
+          tiles::load_transposed(dot, BM, dobase + i0 * p.dos.l, p.dos.l, rows, cols, D, A(1));
+          int64_t qld = 0, dold = 0;
+          const A* qr = tiles::rows_operand(qbase + i0 * p.qs.l, p.qs.l, rows, D, qw, qld);
+          const A* dor = tiles::rows_operand(dobase + i0 * p.dos.l, p.dos.l, rows, D, dow, dold);
+          // p = e^(s - lse); an empty row (lse = -inf) shifts by +inf: p = 0.
+          // Padding columns beyond the block's rows get p = 0 and delta 0.
+          for (int64_t c = 0; c < cols; ++c) {
+            const A lse = c < rows ? p.lse[row0 + i0 + c] : kNegInf<A>;
+            shift[c] = lse == kNegInf<A> ? kInf : lse;
+            dlt[c] = c < rows ? p.delta[row0 + i0 + c] : A(0);
+          }
+          if (pb.drop.on) tiles::dropout_keys(pb.drop.seed, row0 + i0, rows, ka, kb);
 
-  std::vector<A> buf(static_cast<size_t>(2 * D * BN + BN * D + 3 * BM * D + 2 * BM * BN));
-  A* kt = buf.data();        // K^T of a key tile (D x BN)
-  A* vt = kt + D * BN;       // V^T (D x BN)
-  A* kb = vt + D * BN;       // K rows (BN x D)
-  A* qb = kb + BN * D;       // q rows (BM x D)
-  A* dob = qb + BM * D;      // dout rows (BM x D)
-  A* dq_acc = dob + BM * D;  // (BM x D)
-  A* pt = dq_acc + BM * D;   // probabilities (BM x BN)
-  A* dpt = pt + BM * BN;     // dp, then ds (BM x BN)
-
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t mb = item % n_mblocks;
-    const int64_t h = (item / n_mblocks) % pb.Hq;
-    const int64_t b = item / (n_mblocks * pb.Hq);
-    const int64_t hk = h / group;
-    const int64_t i0 = mb * BM;
-    const int64_t rows_all = std::min(BM, pb.Lq - i0);
-    const int64_t q_len = pb.q_len[b], kv_len = pb.kv_len[b];
-    const int64_t rows = std::clamp<int64_t>(q_len - i0, 0, rows_all);
-    int64_t hi = rows > 0 ? kv_len : 0;
-    if (pb.causal && rows > 0) hi = std::max<int64_t>(0, std::min(hi, i0 + rows + kv_len - q_len));
-    T* dqb = p.dq + b * p.dqs.b + h * p.dqs.h;
-    zero_rows(dqb, p.dqs.l, i0 + rows, i0 + rows_all, D);
-    if (rows == 0) continue;
-
-    const T* kbase = p.k + b * p.ks.b + hk * p.ks.h;
-    const T* vbase = p.v + b * p.vs.b + hk * p.vs.h;
-    const A* lse = p.lse + (b * pb.Hq + h) * pb.Lq + i0;
-    const A* delta = p.delta + (b * pb.Hq + h) * pb.Lq + i0;
-    load_rows(qb, p.q + b * p.qs.b + h * p.qs.h, p.qs.l, i0, rows, D);
-    load_rows(dob, p.dout + b * p.dos.b + h * p.dos.h, p.dos.l, i0, rows, D);
-    std::fill(dq_acc, dq_acc + rows * D, A(0));
-    for (int64_t j0 = 0; j0 < hi; j0 += BN) {
-      const int64_t nb = std::min(BN, hi - j0);
-      load_transposed(kt, kbase, p.ks.l, j0, nb, D);
-      load_transposed(vt, vbase, p.vs.l, j0, nb, D);
-      load_rows(kb, kbase, p.ks.l, j0, nb, D);
-      probs_and_dp<A, VB>(pb, b, h, i0, rows, j0, nb, qb, dob, kt, vt, lse, pt, dpt, nullptr);
-      scores_grad(rows, nb, pt, dpt, delta);
-      if (p.dbias != nullptr) {
-        A* dbase = p.dbias + ((b * pb.Hq + h) * pb.Lq + i0) * pb.Lk + j0;
-        for (int64_t i = 0; i < rows; ++i) {
-          std::copy(dpt + i * BN, dpt + i * BN + nb, dbase + i * pb.Lk);
+          for (int64_t j0 = j_lo; j0 < kend; j0 += BN) {
+            const int64_t nb = std::min(BN, kend - j0);
+            const A* kj = kr + (j0 - j_lo) * kld;
+            const A* vj = vr + (j0 - j_lo) * vld;
+            tiles::gemm_acc<VB>(nb, cols, D, kj, kld, 1, qt, BM, pt, BM, /*overwrite=*/true);
+            tiles::apply_mask(pt, BM, nb, rows, pb.mask, b, h, i0, j0);
+            if (pb.causal && tiles::crosses_diagonal(i0, j0, nb, diag))
+              tiles::apply_causal(pt, BM, nb, rows, i0, j0, diag);
+            tiles::col_exp(pt, BM, nb, cols, shift);
+            tiles::gemm_acc<VB>(nb, cols, D, vj, vld, 1, dot, BM, dpt, BM, /*overwrite=*/true);
+            const A* pv = pt;  // the probabilities that multiplied v
+            if (pb.drop.on) {
+              const uint32_t col0 = static_cast<uint32_t>(j0);
+              tiles::col_dropout(dpt, dpt, BM, nb, rows, ka, kb, col0, pb.drop.thresh, drop_scale);
+              tiles::col_dropout(pt, pdt, BM, nb, rows, ka, kb, col0, pb.drop.thresh, drop_scale);
+              pv = pdt;
+            }
+            A* dkj = dk_acc + (j0 - j_lo) * D;
+            A* dvj = dv_acc + (j0 - j_lo) * D;
+            tiles::gemm_acc<VB>(nb, D, rows, pv, BM, 1, dor, dold, dvj, D);  // dv += p^T dout
+            tiles::col_scores_grad(pt, dpt, BM, nb, cols, dlt);              // dpt = ds^T
+            tiles::gemm_acc<VB>(nb, D, rows, dpt, BM, 1, qr, qld, dkj, D);   // dk += ds^T q
+            tiles::gemm_acc<VB>(rows, D, nb, dpt, 1, BM, kj, kld, dq_acc, D);  // dq += ds k
+            if (p.dbias != nullptr) {
+              A* dbias = p.dbias + (row0 + i0) * pb.Lk + j0;
+              for (int64_t j = 0; j < nb; ++j)
+                for (int64_t c = 0; c < rows; ++c) dbias[c * pb.Lk + j] = dpt[j * BM + c];
+            }
+          }
+        }
+        if (sp.chunks == 1) {
+          store_rows(dqb, p.dqs.l, i0, rows, D, dq_acc, scale);
+        } else {
+          A* part = sp.dq_part + ((chunk * pb.B * pb.Hq + b * pb.Hq + h) * pb.Lq + i0) * D;
+          std::copy(dq_acc, dq_acc + rows * D, part);
         }
       }
-      tiles::gemm_acc<VB>(rows, D, nb, dpt, BN, 1, kb, D, dq_acc, D);
     }
-    store_rows(dqb, p.dqs.l, i0, rows, D, dq_acc, scale);
+    store_rows(dkb, p.dks.l, j_lo, nkeys, D, dk_acc, scale);
+    store_rows(dvb, p.dvs.l, j_lo, nkeys, D, dv_acc, A(1));
   }
 }
 
 template <typename T>
-void dkdv_default(const BwdParams<T>& p, int64_t begin, int64_t end) {
-  dkdv_range<T, vector_bytes(Isa::kDefault)>(p, begin, end);
-}
-template <typename T>
-void dq_default(const BwdParams<T>& p, int64_t begin, int64_t end) {
-  dq_range<T, vector_bytes(Isa::kDefault)>(p, begin, end);
+void bwd_default(const BwdParams<T>& p, const Split<acc_t<T>>& sp, int64_t begin, int64_t end) {
+  bwd_range<T, vector_bytes(Isa::kDefault)>(p, sp, begin, end);
 }
 
 #if FASTATTN_X86_VARIANTS
 template <typename T>
-FASTATTN_TARGET_AVX2 void dkdv_avx2(const BwdParams<T>& p, int64_t begin, int64_t end) {
-  dkdv_range<T, vector_bytes(Isa::kAvx2)>(p, begin, end);
+FASTATTN_TARGET_AVX2 void bwd_avx2(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
+                                   int64_t begin, int64_t end) {
+  bwd_range<T, vector_bytes(Isa::kAvx2)>(p, sp, begin, end);
 }
 template <typename T>
-FASTATTN_TARGET_AVX2 void dq_avx2(const BwdParams<T>& p, int64_t begin, int64_t end) {
-  dq_range<T, vector_bytes(Isa::kAvx2)>(p, begin, end);
-}
-template <typename T>
-FASTATTN_TARGET_AVX512 void dkdv_avx512(const BwdParams<T>& p, int64_t begin, int64_t end) {
-  dkdv_range<T, vector_bytes(Isa::kAvx512)>(p, begin, end);
-}
-template <typename T>
-FASTATTN_TARGET_AVX512 void dq_avx512(const BwdParams<T>& p, int64_t begin, int64_t end) {
-  dq_range<T, vector_bytes(Isa::kAvx512)>(p, begin, end);
+FASTATTN_TARGET_AVX512 void bwd_avx512(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
+                                       int64_t begin, int64_t end) {
+  bwd_range<T, vector_bytes(Isa::kAvx512)>(p, sp, begin, end);
 }
 #endif
 
@@ -282,24 +226,48 @@ FASTATTN_TARGET_AVX512 void dq_avx512(const BwdParams<T>& p, int64_t begin, int6
 
 template <typename T>
 void attention_bwd_kernel(const BwdParams<T>& p) {
-  using Range = void (*)(const BwdParams<T>&, int64_t, int64_t);
-  Range dkdv = &dkdv_default<T>, dq = &dq_default<T>;
+  using A = acc_t<T>;
+  using Range = void (*)(const BwdParams<T>&, const Split<A>&, int64_t, int64_t);
+  Range range = &bwd_default<T>;
 #if FASTATTN_X86_VARIANTS
   switch (cpu_isa()) {
-    case Isa::kAvx512: dkdv = &dkdv_avx512<T>; dq = &dq_avx512<T>; break;
-    case Isa::kAvx2: dkdv = &dkdv_avx2<T>; dq = &dq_avx2<T>; break;
+    case Isa::kAvx512: range = &bwd_avx512<T>; break;
+    case Isa::kAvx2: range = &bwd_avx2<T>; break;
     default: break;
   }
 #endif
   const Problem& pb = p.pb;
-  const int64_t kv_items = pb.B * pb.Hkv * ((pb.Lk + kBlockN - 1) / kBlockN);
-  const int64_t q_items = pb.B * pb.Hq * ((pb.Lq + kBlockM - 1) / kBlockM);
-  if (kv_items > 0) {
-    at::parallel_for(0, kv_items, 1, [&](int64_t begin, int64_t end) { dkdv(p, begin, end); });
+  const int64_t heads = pb.B * pb.Hkv;
+  if (heads == 0) return;
+  const int64_t n_blocks = std::max<int64_t>(1, (pb.Lk + kBlockN - 1) / kBlockN);
+  Split<A> sp;
+  sp.chunks = std::min(n_blocks, (kMinBwdItems + heads - 1) / heads);
+  sp.blocks = (n_blocks + sp.chunks - 1) / sp.chunks;
+  sp.chunks = (n_blocks + sp.blocks - 1) / sp.blocks;
+  std::vector<A> dq_part;
+  if (sp.chunks > 1) {
+    dq_part.assign(static_cast<size_t>(sp.chunks * pb.B * pb.Hq * pb.Lq * pb.D), A(0));
+    sp.dq_part = dq_part.data();
   }
-  if (q_items > 0) {
-    at::parallel_for(0, q_items, 1, [&](int64_t begin, int64_t end) { dq(p, begin, end); });
-  }
+  at::parallel_for(0, heads * sp.chunks, 1,
+                   [&](int64_t begin, int64_t end) { range(p, sp, begin, end); });
+  if (sp.chunks == 1) return;
+
+  // dq = scale * (sum of the chunks' partials, in chunk order), per row.
+  const int64_t D = pb.D, rows = pb.B * pb.Hq * pb.Lq, stride = rows * D;
+  const A scale = static_cast<A>(pb.scale);
+  at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+    std::vector<A> sum(static_cast<size_t>(D));
+    for (int64_t r = begin; r < end; ++r) {
+      const A* part = sp.dq_part + r * D;
+      std::copy(part, part + D, sum.begin());
+      for (int64_t c = 1; c < sp.chunks; ++c)
+        for (int64_t d = 0; d < D; ++d) sum[d] += part[c * stride + d];
+      const int64_t i = r % pb.Lq, h = (r / pb.Lq) % pb.Hq, b = r / (pb.Lq * pb.Hq);
+      T* o = p.dq + b * p.dqs.b + h * p.dqs.h + i * p.dqs.l;
+      for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(sum[d] * scale);
+    }
+  });
 }
 
 template void attention_bwd_kernel<float>(const BwdParams<float>&);

@@ -2,13 +2,14 @@
 //
 // Work item = (batch b, query head h, block of kBlockM query rows), spread
 // over threads with at::parallel_for; the score matrix is never
-// materialized, only one kBlockM x kBlockN tile per thread. Per row i, over
-// key tiles (c = scale):
-//     s_ij = c q_i . k_j (+ bias_ij; -inf where i may not attend j)
+// materialized, only one key-major kBlockN x kBlockM tile per thread
+// (attention_tiles.h). Per row i, over key tiles (c = scale, folded into the
+// block's Q^T once):
+//     s_ij = (c q_i) . k_j (+ bias_ij; -inf where i may not attend j)
 //     m' = max(m, max_j s_ij),  alpha = e^(m - m'),  p_ij = e^(s_ij - m')
 //     l = alpha l + sum_j p_ij,  acc = alpha acc + sum_j drop(p_ij) v_j
 // and at the end out_i = acc / l, lse_i = m + ln l. A row that has seen only
-// -inf keeps m = -inf (nothing is exponentiated), so rows with nothing to
+// -inf keeps m = -inf (its p are e^-inf = 0), so rows with nothing to
 // attend end with l = 0: out 0 and lse -inf, as the contract wants.
 // Dropout (fastattn._rng, row = (b Hq + h) Lq + i, col = j) multiplies the
 // probabilities entering acc, not l: lse is taken before dropout.
@@ -37,6 +38,7 @@ using tiles::kNegInf;
 template <typename T, int VB>
 FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end) {
   using A = acc_t<T>;
+  constexpr int64_t NR = tiles::panel_width<VB, A>();
   const Problem& pb = p.pb;
   const int64_t D = pb.D, BM = kBlockM, BN = kBlockN;
   const int64_t group = pb.Hq / pb.Hkv;
@@ -44,16 +46,24 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
   const A scale = static_cast<A>(pb.scale);
   const A drop_scale = static_cast<A>(pb.drop.scale);
 
-  // Per-thread scratch: q rows, K^T tile (D x BN), V tile (BN x D), scores,
-  // output accumulator, running max and sum.
-  std::vector<A> buf(static_cast<size_t>(BM * D + D * BN + BN * D + BM * BN + BM * D + 2 * BM));
-  A* __restrict qb = buf.data();
-  A* __restrict kt = qb + BM * D;
-  A* __restrict vb = kt + D * BN;
-  A* __restrict s = vb + BN * D;
-  A* __restrict acc = s + BM * BN;
-  A* __restrict m = acc + BM * D;
-  A* __restrict l = m + BM;
+  // Per-thread scratch: scale * Q^T of the block (D x BM), the key-major
+  // score tile (BN x BM), K and V tiles widened from 16-bit inputs (BN x D
+  // each), the output accumulator (BM x D), per-query running max, sum,
+  // shift, rescale factor and tile sum, and dropout keys.
+  std::vector<A> buf(static_cast<size_t>(D * BM + BN * BM + 2 * BN * D + BM * D + 5 * BM));
+  A* qt = buf.data();
+  A* st = qt + D * BM;
+  A* kw = st + BN * BM;
+  A* vw = kw + BN * D;
+  A* acc = vw + BN * D;
+  A* m = acc + BM * D;
+  A* l = m + BM;
+  A* shift = l + BM;
+  A* alpha = shift + BM;
+  A* tsum = alpha + BM;
+  std::vector<uint32_t> keys(static_cast<size_t>(2 * BM));
+  uint32_t* ka = keys.data();
+  uint32_t* kb = ka + BM;
 
   for (int64_t item = begin; item < end; ++item) {
     const int64_t mb = item % n_mblocks;
@@ -68,61 +78,58 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
     // Keys [0, hi) that some valid row of the block may attend.
     int64_t hi = rows > 0 ? kv_len : 0;
     if (pb.causal && rows > 0) hi = std::max<int64_t>(0, std::min(hi, m0 + rows + diag));
+    // Query columns computed: the valid rows rounded up to a register panel.
+    const int64_t cols = std::min(BM, (rows + NR - 1) / NR * NR);
 
-    const T* qbase = p.q + b * p.qs.b + h * p.qs.h + m0 * p.qs.l;
     const T* kbase = p.k + b * p.ks.b + hk * p.ks.h;
     const T* vbase = p.v + b * p.vs.b + hk * p.vs.h;
     T* obase = p.out + b * p.os.b + h * p.os.h + m0 * p.os.l;
     A* lse = p.lse + (b * pb.Hq + h) * pb.Lq + m0;
-    const int64_t drop_row0 = (b * pb.Hq + h) * pb.Lq + m0;
 
-    for (int64_t i = 0; i < rows; ++i) tiles::widen(qb + i * D, qbase + i * p.qs.l, D);
+    tiles::load_transposed(qt, BM, p.q + b * p.qs.b + h * p.qs.h + m0 * p.qs.l, p.qs.l, rows,
+                           cols, D, scale);
     std::fill(acc, acc + rows * D, A(0));
-    std::fill(m, m + rows, kNegInf<A>);
-    std::fill(l, l + rows, A(0));
+    std::fill(m, m + cols, kNegInf<A>);
+    std::fill(l, l + cols, A(0));
+    if (pb.drop.on) tiles::dropout_keys(pb.drop.seed, (b * pb.Hq + h) * pb.Lq + m0, rows, ka, kb);
 
     for (int64_t n0 = 0; n0 < hi; n0 += BN) {
       const int64_t nb = std::min(BN, hi - n0);
-      for (int64_t j = 0; j < nb; ++j) {
-        const T* __restrict kr = kbase + (n0 + j) * p.ks.l;
-        for (int64_t d = 0; d < D; ++d) kt[d * BN + j] = static_cast<A>(kr[d]);
-        tiles::widen(vb + j * D, vbase + (n0 + j) * p.vs.l, D);
-      }
-      for (int64_t i = 0; i < rows; ++i) std::fill(s + i * BN, s + i * BN + nb, A(0));
-      tiles::gemm_acc<VB>(rows, nb, D, qb, D, 1, kt, BN, s, BN);
-      for (int64_t i = 0; i < rows; ++i) {
-        A* __restrict sr = s + i * BN;
-        for (int64_t j = 0; j < nb; ++j) sr[j] *= scale;
-      }
-      tiles::apply_mask(s, BN, rows, nb, pb.mask, b, h, m0, n0);
-      if (pb.causal && n0 + nb - 1 > m0 + diag) tiles::apply_causal(s, BN, rows, nb, m0, n0, diag);
+      int64_t kld, vld;
+      const A* kr = tiles::rows_operand(kbase + n0 * p.ks.l, p.ks.l, nb, D, kw, kld);
+      const A* vr = tiles::rows_operand(vbase + n0 * p.vs.l, p.vs.l, nb, D, vw, vld);
+      // s^T = K (scale Q)^T
+      tiles::gemm_acc<VB>(nb, cols, D, kr, kld, 1, qt, BM, st, BM, /*overwrite=*/true);
+      tiles::apply_mask(st, BM, nb, rows, pb.mask, b, h, m0, n0);
+      if (pb.causal && tiles::crosses_diagonal(m0, n0, nb, diag))
+        tiles::apply_causal(st, BM, nb, rows, m0, n0, diag);
 
-      for (int64_t i = 0; i < rows; ++i) {
-        A* __restrict sr = s + i * BN;
-        const A m_new = std::max(m[i], tiles::row_max(sr, nb));
-        if (m_new == kNegInf<A>) {  // nothing attendable yet: p = 0, state unchanged
-          // unless the max skipped NaN scores: then the row is NaN, as in torch
-          // (a NaN m keeps every later max, alpha and l NaN).
-          if (std::any_of(sr, sr + nb, [](A x) { return x != x; })) {
-            m[i] = l[i] = std::numeric_limits<A>::quiet_NaN();
-          }
-          std::fill(sr, sr + nb, A(0));
-          continue;
-        }
-        const A alpha = tiles::exp_acc(m[i] - m_new);  // 0 on the first live tile
-        tiles::exp_shifted(sr, nb, m_new);
-        l[i] = l[i] * alpha + tiles::row_sum(sr, nb);
-        m[i] = m_new;
-        if (alpha != A(1)) {
-          A* __restrict ar = acc + i * D;
-          for (int64_t d = 0; d < D; ++d) ar[d] *= alpha;
-        }
-        if (pb.drop.on) {
-          tiles::dropout_row(sr, nb, dropout::row_keys(pb.drop.seed, drop_row0 + i),
-                             static_cast<uint32_t>(n0), pb.drop.thresh, drop_scale);
-        }
+      // Online softmax, one query per column. A column that has seen only
+      // -inf keeps m = -inf and exponentiates with shift 0, so its p are 0
+      // (or NaN where a NaN score was skipped by the max: then l turns NaN
+      // and the row comes out NaN, as in torch).
+      std::copy(m, m + cols, shift);
+      tiles::col_max(st, BM, nb, cols, shift);  // shift = the new running max
+      for (int64_t c = 0; c < cols; ++c) {
+        const A m_new = shift[c];
+        if (m_new == kNegInf<A>) shift[c] = A(0);
+        alpha[c] = tiles::exp_acc(m[c] - shift[c]);  // 0 on the first live tile
+        m[c] = m_new;
       }
-      tiles::gemm_acc<VB>(rows, D, nb, s, BN, 1, vb, D, acc, D);
+      tiles::col_exp_sum(st, BM, nb, cols, shift, tsum);
+      for (int64_t c = 0; c < cols; ++c) l[c] = l[c] * alpha[c] + tsum[c];
+      for (int64_t i = 0; i < rows; ++i) {
+        A* __restrict ar = acc + i * D;
+        const A f = alpha[i];
+        for (int64_t d = 0; d < D; ++d) ar[d] *= f;
+      }
+      // Dropout scales the probabilities entering acc, not l.
+      if (pb.drop.on) {
+        tiles::col_dropout(st, st, BM, nb, rows, ka, kb, static_cast<uint32_t>(n0),
+                           pb.drop.thresh, drop_scale);
+      }
+      // acc += P V, P read transposed from the key-major tile
+      tiles::gemm_acc<VB>(rows, D, nb, st, 1, BM, vr, vld, acc, D);
     }
 
     for (int64_t i = 0; i < rows_all; ++i) {

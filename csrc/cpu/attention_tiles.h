@@ -3,18 +3,26 @@
 // dropout on tiles held in per-thread scratch buffers of the accumulation
 // type A (float; double for double inputs).
 //
+// Score tiles are KEY-MAJOR: element (query i, key j) of a tile lives at
+// t[j * ld + i], one row per key, one column per query. With that layout
+// every product of the forward and backward reads its operands as they lie
+// in memory (keys as rows of K and V, queries as columns of a Q^T that is
+// transposed once per query block), so no key tile is ever transposed; and
+// the per-query softmax reductions (max, sum over keys) run down the
+// columns, lane by lane, with full-width vectors and results that do not
+// depend on the vector width.
+//
 // Everything here is FASTATTN_INLINE so that it is compiled into the
 // instruction-set variants of the kernels (cpu_isa.h): the same plain loops
 // become SSE2, AVX2 or AVX-512 code depending on the caller's target. The
 // loops are written for gcc -O3's auto-vectorizer: unit-stride innermost
-// loops of fixed trip count, no reductions across the vectorized dim
-// (reductions keep independent lanes, as csrc/cpu/norm.cpp does, so results
-// do not depend on the vector width).
+// loops, no reductions across the vectorized dim.
 #pragma once
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -34,21 +42,18 @@ using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 template <typename A>
 constexpr A kNegInf = -std::numeric_limits<A>::infinity();
 
-// Independent partial results per row reduction.
-constexpr int kLanes = 16;
-
 // Products sum at most this many terms in registers before adding them into
 // C: a blocked summation, whose rounding error grows with K / kSumChunk +
-// kSumChunk rather than with K (the sums run over D, or over up to Lq rows
-// in dk/dv, and must stay as accurate as PyTorch's matmul).
-constexpr int64_t kSumChunk = 16;
+// kSumChunk rather than with K. The sums run over D (score tiles) or over
+// one tile of 64 rows or keys (gradients), so one chunk covers most of them.
+constexpr int64_t kSumChunk = 64;
 
-// C[m, n] += sum_k A(m, k) * B[k, n] for a register block of MR rows and NV
-// vectors of VB bytes: A(m, k) = a[m * sam + k * sak] (any strides: A may be
-// a tile read transposed), B rows contiguous with leading dim ldb, C with
-// leading dim ldc. The block's partial sums are gcc vector-extension values
-// (SIMD registers of the caller's target), which gcc keeps in registers
-// where it spills a plain array of scalars.
+// Columns of one register block of gemm_acc: two vectors of the target.
+template <int VB, typename A>
+constexpr int64_t panel_width() {
+  return 2 * VB / static_cast<int64_t>(sizeof(A));
+}
+
 // One unaligned vector load (one instruction, no trip through the stack).
 template <typename V, typename A>
 FASTATTN_INLINE V load_vec(const A* p) {
@@ -57,10 +62,18 @@ FASTATTN_INLINE V load_vec(const A* p) {
   return v;
 }
 
+// C[m, n] (+)= sum_k A(m, k) * B[k, n] for a register block of MR rows and
+// NV vectors of VB bytes: A(m, k) = a[m * sam + k * sak] (any strides: A may
+// be a tile read transposed; each element is broadcast), B rows contiguous
+// with leading dim ldb, C with leading dim ldc. `overwrite` stores the first
+// chunk's sums instead of adding them (no zero fill of C beforehand). The
+// partial sums are gcc vector-extension values (SIMD registers of the
+// caller's target), which gcc keeps in registers where it would spill a
+// plain array of scalars.
 template <int MR, int NV, int VB, typename A>
 FASTATTN_INLINE void gemm_block(int64_t K, const A* __restrict a, int64_t sam, int64_t sak,
                                 const A* __restrict b, int64_t ldb, A* __restrict c,
-                                int64_t ldc) {
+                                int64_t ldc, bool overwrite) {
   typedef A V __attribute__((vector_size(VB)));
   // The r/v loops must be unrolled completely before gcc's scalar
   // replacement runs, or the accumulators live on the stack.
@@ -82,39 +95,51 @@ FASTATTN_INLINE void gemm_block(int64_t K, const A* __restrict a, int64_t sam, i
         for (int v = 0; v < NV; ++v) acc[r][v] += av * bv[v];
       }
     }
+    const bool store = overwrite && k0 == 0;
 #pragma GCC unroll 16
     for (int r = 0; r < MR; ++r) {
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         A* cp = c + r * ldc + v * (VB / sizeof(A));
-        const V cv = load_vec<V>(cp) + acc[r][v];
+        const V cv = store ? acc[r][v] : load_vec<V>(cp) + acc[r][v];
         std::memcpy(cp, &cv, sizeof(cv));
       }
     }
   }
 }
 
-// C (M x N) += A (M x K) * B (K x N), layouts as in gemm_block. VB is the
+// C (M x N) (+)= A (M x K) * B (K x N), layouts as in gemm_block. VB is the
 // vector width in bytes of the target: register blocks of MR rows by two
-// vectors (MR = 8 with AVX-512's 32 registers, else 4); a remainder of
+// vectors (MR = 12 with AVX-512's 32 registers, else 4); a remainder of
 // columns narrower than two vectors goes one row at a time.
 template <int VB, typename A>
 FASTATTN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const A* a, int64_t sam,
-                              int64_t sak, const A* b, int64_t ldb, A* c, int64_t ldc) {
-  constexpr int MR = VB >= 64 ? 8 : 4;
-  constexpr int NR = 2 * VB / static_cast<int>(sizeof(A));
+                              int64_t sak, const A* b, int64_t ldb, A* c, int64_t ldc,
+                              bool overwrite = false) {
+  constexpr int MR = VB >= 64 ? 12 : 4;
+  constexpr int64_t NR = panel_width<VB, A>();
+  if (K == 0) {
+    if (overwrite)
+      for (int64_t m = 0; m < M; ++m) std::fill(c + m * ldc, c + m * ldc + N, A(0));
+    return;
+  }
   int64_t n0 = 0;
   for (; n0 + NR <= N; n0 += NR) {
     int64_t m = 0;
     for (; m + MR <= M; m += MR)
-      gemm_block<MR, 2, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc);
+      gemm_block<MR, 2, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc,
+                            overwrite);
+    for (; m + 4 <= M; m += 4)
+      gemm_block<4, 2, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc,
+                           overwrite);
     for (; m < M; ++m)
-      gemm_block<1, 2, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc);
+      gemm_block<1, 2, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc,
+                           overwrite);
   }
   if (n0 == N) return;
   // Remaining columns (fewer than NR), one row and at most NR / 2 columns
   // at a time: same chunked summation.
-  constexpr int NH = NR / 2;
+  constexpr int64_t NH = NR / 2;
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t n = n0; n < N; n += NH) {
       const int64_t w = N - n < NH ? N - n : NH;
@@ -127,7 +152,11 @@ FASTATTN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const A* a, int64
           const A* __restrict brow = b + k * ldb + n;
           for (int64_t x = 0; x < w; ++x) acc[x] += av * brow[x];
         }
-        for (int64_t x = 0; x < w; ++x) crow[x] += acc[x];
+        if (overwrite && k0 == 0) {
+          for (int64_t x = 0; x < w; ++x) crow[x] = acc[x];
+        } else {
+          for (int64_t x = 0; x < w; ++x) crow[x] += acc[x];
+        }
       }
     }
   }
@@ -137,7 +166,7 @@ FASTATTN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const A* a, int64
 // round-to-nearest through the 1.5 * 2^23 trick), e^r by its Taylor series to
 // r^7 (relative error < 1e-8 on that interval), 2^n built in the exponent
 // bits. Exactly 0 below -87 (and for -inf), where e^x would be subnormal;
-// inputs above 88 saturate (softmax only feeds x <= ~0).
+// inputs above 88 saturate (softmax only feeds x <= ~0); NaN stays NaN.
 FASTATTN_INLINE float exp_fast(float x) {
   const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
   const float shifter = 12582912.0f;  // 1.5 * 2^23
@@ -151,7 +180,8 @@ FASTATTN_INLINE float exp_fast(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(fn) + 127) << 23;
+  // fn is integral and in [-126, 128] (NaN only when x is NaN: then p is NaN).
+  const int32_t bits = (static_cast<int32_t>(fn == fn ? fn : 0.0f) + 127) << 23;
   float two_n;
   std::memcpy(&two_n, &bits, sizeof(two_n));
   return x < -87.0f ? 0.0f : p * two_n;
@@ -160,47 +190,70 @@ FASTATTN_INLINE float exp_fast(float x) {
 FASTATTN_INLINE float exp_acc(float x) { return exp_fast(x); }
 FASTATTN_INLINE double exp_acc(double x) { return std::exp(x); }
 
-// max over v[0, n) (kNegInf for n = 0), with kLanes partial maxima.
+// ------------------------------------------------------------ column ops
+// On a key-major tile t (nkeys rows of ld elements; column c is query c).
+
+// cmax[c] = max(cmax[c], t[j, c] for j < nkeys) for c < ncols. NaN scores are
+// skipped by the max, as by torch's softmax, and come back through exp.
 template <typename A>
-FASTATTN_INLINE A row_max(const A* __restrict v, int64_t n) {
-  // kLanes values as one gcc vector (split into the target's registers): the
-  // lane-wise arithmetic, hence the result, is the same on every target.
-  typedef A Lanes __attribute__((vector_size(kLanes * sizeof(A))));
-  Lanes part;
-  for (int l = 0; l < kLanes; ++l) part[l] = kNegInf<A>;
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    Lanes x;
-    std::memcpy(&x, v + j, sizeof(x));
-    part = x > part ? x : part;
+FASTATTN_INLINE void col_max(const A* t, int64_t ld, int64_t nkeys, int64_t ncols, A* cmax) {
+  for (int64_t j = 0; j < nkeys; ++j) {
+    const A* __restrict row = t + j * ld;
+    A* __restrict mx = cmax;
+    for (int64_t c = 0; c < ncols; ++c) mx[c] = row[c] > mx[c] ? row[c] : mx[c];
   }
-  for (int l = 0; j < n; ++j, ++l) part[l] = v[j] > part[l] ? v[j] : part[l];
-  A m = kNegInf<A>;
-  for (int l = 0; l < kLanes; ++l) m = part[l] > m ? part[l] : m;
-  return m;
 }
 
-// sum over v[0, n), with kLanes partial sums combined in a fixed order.
+// t[j, c] = exp(t[j, c] - shift[c]), and csum[c] = the column's sum, summed
+// down the keys in order.
 template <typename A>
-FASTATTN_INLINE A row_sum(const A* __restrict v, int64_t n) {
-  typedef A Lanes __attribute__((vector_size(kLanes * sizeof(A))));  // as in row_max
-  Lanes part = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes) {
-    Lanes x;
-    std::memcpy(&x, v + j, sizeof(x));
-    part += x;
+FASTATTN_INLINE void col_exp_sum(A* t, int64_t ld, int64_t nkeys, int64_t ncols,
+                                 const A* shift, A* csum) {
+  std::fill(csum, csum + ncols, A(0));
+  for (int64_t j = 0; j < nkeys; ++j) {
+    A* __restrict row = t + j * ld;
+    const A* __restrict sh = shift;
+    A* __restrict sm = csum;
+    for (int64_t c = 0; c < ncols; ++c) {
+      row[c] = exp_acc(row[c] - sh[c]);
+      sm[c] += row[c];
+    }
   }
-  for (int l = 0; j < n; ++j, ++l) part[l] += v[j];
-  A s = 0;
-  for (int l = 0; l < kLanes; ++l) s += part[l];
-  return s;
 }
 
-// v[j] = exp(v[j] - shift) for j < n.
+// t[j, c] = exp(t[j, c] - shift[c]) (probabilities from the saved lse).
 template <typename A>
-FASTATTN_INLINE void exp_shifted(A* __restrict v, int64_t n, A shift) {
-  for (int64_t j = 0; j < n; ++j) v[j] = exp_acc(v[j] - shift);
+FASTATTN_INLINE void col_exp(A* t, int64_t ld, int64_t nkeys, int64_t ncols, const A* shift) {
+  for (int64_t j = 0; j < nkeys; ++j) {
+    A* __restrict row = t + j * ld;
+    const A* __restrict sh = shift;
+    for (int64_t c = 0; c < ncols; ++c) row[c] = exp_acc(row[c] - sh[c]);
+  }
+}
+
+// dst[j, c] = p[j, c] * (dp[j, c] - delta[c]): the score gradient.
+template <typename A>
+FASTATTN_INLINE void col_scores_grad(const A* p, A* dp, int64_t ld, int64_t nkeys,
+                                     int64_t ncols, const A* delta) {
+  for (int64_t j = 0; j < nkeys; ++j) {
+    const A* __restrict pr = p + j * ld;
+    A* __restrict dr = dp + j * ld;
+    const A* __restrict dl = delta;
+    for (int64_t c = 0; c < ncols; ++c) dr[c] = pr[c] * (dr[c] - dl[c]);
+  }
+}
+
+// dst (D x ld, columns [0, ncols)) = factor * rows^T, where rows (nrows x D)
+// are read from src with row stride `stride`; columns [nrows, ncols) are 0.
+template <typename A, typename T>
+FASTATTN_INLINE void load_transposed(A* __restrict dst, int64_t ld, const T* src,
+                                     int64_t stride, int64_t nrows, int64_t ncols, int64_t D,
+                                     A factor) {
+  for (int64_t c = 0; c < nrows; ++c) {
+    const T* __restrict r = src + c * stride;
+    for (int64_t d = 0; d < D; ++d) dst[d * ld + c] = factor * static_cast<A>(r[d]);
+  }
+  for (int64_t d = 0; d < D; ++d) std::fill(dst + d * ld + nrows, dst + d * ld + ncols, A(0));
 }
 
 // dst[j] = src[j] widened to A.
@@ -209,21 +262,54 @@ FASTATTN_INLINE void widen(A* __restrict dst, const T* __restrict src, int64_t n
   for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<A>(src[j]);
 }
 
-// dst[j] = src[j] rounded to T.
-template <typename T, typename A>
-FASTATTN_INLINE void narrow(T* __restrict dst, const A* __restrict src, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<T>(src[j]);
+// dst rows (nrows x D, leading dim D) = src rows widened to A.
+template <typename A, typename T>
+FASTATTN_INLINE void load_rows(A* __restrict dst, const T* src, int64_t stride, int64_t nrows,
+                               int64_t D) {
+  for (int64_t i = 0; i < nrows; ++i) widen(dst + i * D, src + i * stride, D);
 }
 
-// v[j] *= keep(row, col0 + j) ? scale : 0 for j < n: the dropout of one row
-// of a tile whose first key is col0. Multiplying by 0 keeps NaN/inf as the
-// reference propagates them.
+// Rows of a (L, D) slice as an operand of gemm_acc: the slice itself when T
+// is already the accumulation type (no copy), else its rows widened into
+// `scratch`. Returns the pointer and sets `ld` to its row stride.
+template <typename A, typename T>
+FASTATTN_INLINE const A* rows_operand(const T* src, int64_t stride, int64_t nrows, int64_t D,
+                                      A* scratch, int64_t& ld) {
+  if constexpr (std::is_same_v<A, T>) {
+    ld = stride;
+    return src;
+  } else {
+    load_rows(scratch, src, stride, nrows, D);
+    ld = D;
+    return scratch;
+  }
+}
+
+// Dropout keys of up to n query rows: rows row0 .. row0 + n - 1 (fastattn._rng).
+FASTATTN_INLINE void dropout_keys(uint64_t seed, uint64_t row0, int64_t n, uint32_t* ka,
+                                  uint32_t* kb) {
+  for (int64_t c = 0; c < n; ++c) {
+    const dropout::RowKeys k = dropout::row_keys(seed, row0 + static_cast<uint64_t>(c));
+    ka[c] = k.a;
+    kb[c] = k.b;
+  }
+}
+
+// dst[j, c] = src[j, c] * (keep(row c, col0 + j) ? scale : 0) for j < nkeys,
+// c < ncols (ka, kb: the rows' keys). Multiplying by 0 keeps NaN/inf as the
+// reference propagates them. dst may be src.
 template <typename A>
-FASTATTN_INLINE void dropout_row(A* __restrict v, int64_t n, dropout::RowKeys keys,
+FASTATTN_INLINE void col_dropout(const A* src, A* dst, int64_t ld, int64_t nkeys,
+                                 int64_t ncols, const uint32_t* ka, const uint32_t* kb,
                                  uint32_t col0, uint32_t thresh, A scale) {
-  for (int64_t j = 0; j < n; ++j) {
-    const bool kept = dropout::bits(keys, col0 + static_cast<uint32_t>(j)) >= thresh;
-    v[j] *= kept ? scale : A(0);
+  for (int64_t j = 0; j < nkeys; ++j) {
+    const uint32_t col = col0 + static_cast<uint32_t>(j);
+    const A* sr = src + j * ld;
+    A* dr = dst + j * ld;
+    for (int64_t c = 0; c < ncols; ++c) {
+      const uint32_t bits = dropout::mix32(dropout::mix32(col ^ ka[c]) ^ kb[c]);
+      dr[c] = sr[c] * (bits >= thresh ? scale : A(0));
+    }
   }
 }
 
@@ -237,53 +323,59 @@ struct MaskView {
 };
 
 template <typename A, typename M>
-FASTATTN_INLINE void add_bias_row(A* __restrict s, const M* row, int64_t sn, int64_t n) {
-  if (sn == 1) {
-    const M* __restrict r = row;
-    for (int64_t j = 0; j < n; ++j) s[j] += static_cast<A>(r[j]);
+FASTATTN_INLINE void add_bias_row(A* __restrict s, const M* src, int64_t stride, int64_t n) {
+  if (stride == 1) {
+    const M* __restrict r = src;
+    for (int64_t c = 0; c < n; ++c) s[c] += static_cast<A>(r[c]);
   } else {
-    for (int64_t j = 0; j < n; ++j) s[j] += static_cast<A>(row[j * sn]);
+    for (int64_t c = 0; c < n; ++c) s[c] += static_cast<A>(src[c * stride]);
   }
 }
 
-// Applies the mask to a rows x n score tile s (leading dim lds) whose first
-// element is (b, h, i0, j0): a bool mask sets forbidden scores to -inf, a
-// float mask is added (in A, as the reference adds it after the scaling).
+// Applies the mask to the key-major tile t of keys [j0, j0 + nkeys) and
+// queries [i0, i0 + ncols) of head (b, h): a bool mask sets forbidden scores
+// to -inf, a float mask is added (in A, as the reference adds it after the
+// scaling). Only the ncols real query columns are read.
 template <typename A>
-FASTATTN_INLINE void apply_mask(A* s, int64_t lds, int64_t rows, int64_t n, const MaskView& mv,
-                                int64_t b, int64_t h, int64_t i0, int64_t j0) {
+FASTATTN_INLINE void apply_mask(A* t, int64_t ld, int64_t nkeys, int64_t ncols,
+                                const MaskView& mv, int64_t b, int64_t h, int64_t i0,
+                                int64_t j0) {
   if (mv.kind == MaskView::kNone) return;
   const int64_t base = b * mv.sb + h * mv.sh + i0 * mv.sm + j0 * mv.sn;
-  for (int64_t i = 0; i < rows; ++i) {
-    A* __restrict srow = s + i * lds;
-    const int64_t off = base + i * mv.sm;
+  for (int64_t j = 0; j < nkeys; ++j) {
+    A* __restrict row = t + j * ld;
+    const int64_t off = base + j * mv.sn;
     switch (mv.kind) {
       case MaskView::kBool: {
-        const uint8_t* mrow = static_cast<const uint8_t*>(mv.ptr) + off;
-        for (int64_t j = 0; j < n; ++j) srow[j] = mrow[j * mv.sn] ? srow[j] : kNegInf<A>;
+        const uint8_t* m = static_cast<const uint8_t*>(mv.ptr) + off;
+        for (int64_t c = 0; c < ncols; ++c) row[c] = m[c * mv.sm] ? row[c] : kNegInf<A>;
         break;
       }
-      case MaskView::kFloat: add_bias_row(srow, static_cast<const float*>(mv.ptr) + off, mv.sn, n); break;
-      case MaskView::kDouble: add_bias_row(srow, static_cast<const double*>(mv.ptr) + off, mv.sn, n); break;
-      case MaskView::kHalf: add_bias_row(srow, static_cast<const at::Half*>(mv.ptr) + off, mv.sn, n); break;
-      case MaskView::kBFloat16: add_bias_row(srow, static_cast<const at::BFloat16*>(mv.ptr) + off, mv.sn, n); break;
+      case MaskView::kFloat: add_bias_row(row, static_cast<const float*>(mv.ptr) + off, mv.sm, ncols); break;
+      case MaskView::kDouble: add_bias_row(row, static_cast<const double*>(mv.ptr) + off, mv.sm, ncols); break;
+      case MaskView::kHalf: add_bias_row(row, static_cast<const at::Half*>(mv.ptr) + off, mv.sm, ncols); break;
+      case MaskView::kBFloat16: add_bias_row(row, static_cast<const at::BFloat16*>(mv.ptr) + off, mv.sm, ncols); break;
       default: break;
     }
   }
 }
 
-// Causal band on a rows x n tile starting at (i0, j0): score (i, j) becomes
-// -inf where j > i + diag (bottom-right aligned, diag = kv_len - q_len).
+// Whether the tile of queries [i0, i0 + nrows) and keys [j0, j0 + nkeys)
+// crosses the causal diagonal (some key after some row's last allowed key).
+FASTATTN_INLINE bool crosses_diagonal(int64_t i0, int64_t j0, int64_t nkeys, int64_t diag) {
+  return j0 + nkeys - 1 > i0 + diag;
+}
+
+// Causal band on the key-major tile of keys [j0, j0 + nkeys) and queries
+// [i0, i0 + ncols): score (i, j) becomes -inf where j > i + diag
+// (bottom-right aligned, diag = kv_len - q_len).
 template <typename A>
-FASTATTN_INLINE void apply_causal(A* s, int64_t lds, int64_t rows, int64_t n, int64_t i0,
+FASTATTN_INLINE void apply_causal(A* t, int64_t ld, int64_t nkeys, int64_t ncols, int64_t i0,
                                   int64_t j0, int64_t diag) {
-  for (int64_t i = 0; i < rows; ++i) {
-    // first forbidden column of row i within the tile
-    int64_t first = i0 + i + diag + 1 - j0;
-    if (first >= n) continue;
-    if (first < 0) first = 0;
-    A* __restrict srow = s + i * lds;
-    for (int64_t j = first; j < n; ++j) srow[j] = kNegInf<A>;
+  for (int64_t j = 0; j < nkeys; ++j) {
+    // queries c < j0 + j - diag - i0 may not see key j0 + j
+    const int64_t end = std::min<int64_t>(ncols, j0 + j - diag - i0);
+    if (end > 0) std::fill(t + j * ld, t + j * ld + end, kNegInf<A>);
   }
 }
 
