@@ -28,6 +28,7 @@ import triton
 import triton.language as tl
 
 from .._backends import triton_interpret
+from . import on_device_of
 from . import attention_bwd as bwd
 from . import attention_decode as decode
 from . import attention_fwd as fwd
@@ -146,9 +147,12 @@ _CONFIG_INDEX = {"fwd": 0, "bwd_kv": 1, "bwd_q": 2}
 
 
 @functools.lru_cache(maxsize=None)
-def _tuned(kernel_name: str, config_set: str):
-    """The autotuned wrapper of one kernel over one config set (cached, and
-    so is the config each wrapper picks per key)."""
+def _tuned(kernel_name: str, config_set: str, device_index: int):
+    """The autotuned wrapper of one kernel over one config set on one device
+    (cached, and so is the config each wrapper picks per key). One per
+    device: Triton's autotuner caches its pick by key alone, and the pruner
+    keeps what fits the shared memory of the device it first runs on, so
+    two different GPUs of one generation must not share a pick."""
     configs = _GPU_CONFIGS[config_set][_CONFIG_INDEX[kernel_name]]
     return triton.autotune(configs=configs, key=_AUTOTUNE_KEY,
                            prune_configs_by={"early_config_prune": _pruner(kernel_name)})(
@@ -178,7 +182,7 @@ def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, device,
         _KERNELS[kernel_name][grid_of(bm, bn)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn,
                                                num_warps=c.num_warps, num_stages=c.num_stages)
         return
-    tuned = _tuned(kernel_name, config_set)
+    tuned = _tuned(kernel_name, config_set, device.index)
     tuned[lambda m: grid_of(m["BLOCK_M"], m["BLOCK_N"])](*args, **meta)
 
 
@@ -276,6 +280,7 @@ class _Layout:
 # ------------------------------------------------------------------ forward
 
 
+@on_device_of("q")
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
                   kv_lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor],
@@ -285,6 +290,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     _Layout(q, k, q_lengths, kv_lengths), deterministic)
 
 
+@on_device_of("q")
 def attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
                          max_seqlen_q: int, max_seqlen_k: int, seed: Optional[torch.Tensor],
@@ -328,6 +334,7 @@ def _forward(q, k, v, mask, seed, causal, scale, dropout_p, lay: _Layout, determ
 # ----------------------------------------------------------------- backward
 
 
+@on_device_of("q")
 def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
                   k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
                   mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
@@ -352,6 +359,7 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
     return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
 
 
+@on_device_of("q")
 def attention_varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Tensor,
                          k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                          lse: torch.Tensor, cu_seqlens_q: torch.Tensor,

@@ -47,6 +47,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import on_device_of
 from .rng import dropout_keep, load_seed, row_keys, threshold_arg
 
 # ----------------------------------------------------------- launch table
@@ -245,6 +246,7 @@ def _norm_fwd_kernel(
             tl.store(Y + y_rows + c, y.to(Y.dtype.element_ty), mask=mask)
 
 
+@on_device_of("x")
 def norm_fwd(x, residual, weight, bias, seed, eps: float, dropout_p: float, is_rms: bool,
              store_h: bool):
     """Forward of fastattn::norm_fwd on the triton backend -> (y, h, mean, rstd)."""
@@ -436,6 +438,7 @@ def _norm_bwd_kernel(
                     tl.store(DB_PART + part + c1, prev + tl.sum(dy, axis=0), mask=ok1)
 
 
+@on_device_of("h")
 def norm_bwd(dy, dh_out, h, weight, bias, mean, rstd, seed, dropout_p: float, is_rms: bool,
              has_residual: bool):
     """Backward of fastattn::norm_bwd on the triton backend
