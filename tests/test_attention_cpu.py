@@ -31,6 +31,10 @@ CASES = [
          q_lengths=True, kv_lengths=True),
     Case(1, 2, 2, 9, 70, 24, mask="bool", mask_shape="Bqk"),
     Case(2, 2, 1, 65, 64, 128, causal=True, layout="blhd"),
+    # a few query rows: scores as dot products (decoding), one-query fast path
+    Case(2, 4, 2, 3, 131, 40, causal=True, mask="float_grad", mask_shape="Hqk",
+         kv_lengths=True),
+    Case(1, 2, 1, 1, 300, 64, mask="bool", mask_shape="Bqk"),
 ]
 
 
@@ -104,3 +108,13 @@ def test_result_independent_of_thread_count(heads):
         torch.set_num_threads(threads)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+# Query blocks of up to 4 rows form their scores as dot products (16 keys at
+# a time plus single ones), one row takes the contiguous one-query path, more
+# rows round their columns up to a vector: every count from 1 to 17 rows,
+# with causal, a float mask, odd key counts and a head dim off the lane width.
+@pytest.mark.parametrize("lq", [1, 2, 4, 5, 17])
+def test_few_query_rows(lq):
+    check_case(Case(2, 3, 3, lq, 83, 24, causal=True, mask="float_grad", mask_shape="Bqk",
+                    kv_lengths=True), "cpu", "cpu", torch.float32)

@@ -71,7 +71,6 @@ template <typename T, int VB>
 FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp, int64_t begin,
                                int64_t end) {
   using A = acc_t<T>;
-  constexpr int64_t NR = tiles::panel_width<VB, A>();
   const Problem& pb = p.pb;
   const int64_t D = pb.D, BM = kBlockM, BN = kBlockN;
   const int64_t group = pb.Hq / pb.Hkv;
@@ -139,7 +138,7 @@ FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
 
       for (int64_t i0 = 0; i0 < q_len; i0 += BM) {
         const int64_t rows = std::min(BM, q_len - i0);
-        const int64_t cols = std::min(BM, (rows + NR - 1) / NR * NR);
+        const int64_t cols = tile_columns<VB, A>(rows);
         // Keys of the chunk that some row of the block may attend.
         int64_t kend = j_hi;
         if (pb.causal) kend = std::clamp<int64_t>(i0 + rows + diag, j_lo, kend);

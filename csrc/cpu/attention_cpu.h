@@ -16,6 +16,16 @@ namespace cpu {
 constexpr int64_t kBlockM = 64;
 constexpr int64_t kBlockN = 64;
 
+// Query columns a key-major score tile computes for `rows` valid query rows:
+// rounded up to whole vectors of the target (VB bytes), so the products run
+// on full vectors; the extra columns hold zero queries and are never stored.
+template <int VB, typename A>
+constexpr int64_t tile_columns(int64_t rows) {
+  constexpr int64_t w = VB / static_cast<int64_t>(sizeof(A));
+  const int64_t cols = (rows + w - 1) / w * w;
+  return cols < kBlockM ? cols : kBlockM;
+}
+
 // Strides (elements) of a (B, H, L, D) tensor whose last dim is contiguous.
 struct Strides {
   int64_t b = 0, h = 0, l = 0;

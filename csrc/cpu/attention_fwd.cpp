@@ -34,11 +34,14 @@ namespace {
 using tiles::acc_t;
 using tiles::kNegInf;
 
+// Query blocks of at most this many rows (decoding) form their scores as dot
+// products instead of register panels of mostly padding.
+constexpr int64_t kDotRows = 4;
+
 // Forward over work items [begin, end) for a target of VB-byte vectors.
 template <typename T, int VB>
 FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end) {
   using A = acc_t<T>;
-  constexpr int64_t NR = tiles::panel_width<VB, A>();
   const Problem& pb = p.pb;
   const int64_t D = pb.D, BM = kBlockM, BN = kBlockN;
   const int64_t group = pb.Hq / pb.Hkv;
@@ -78,16 +81,23 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
     // Keys [0, hi) that some valid row of the block may attend.
     int64_t hi = rows > 0 ? kv_len : 0;
     if (pb.causal && rows > 0) hi = std::max<int64_t>(0, std::min(hi, m0 + rows + diag));
-    // Query columns computed: the valid rows rounded up to a register panel.
-    const int64_t cols = std::min(BM, (rows + NR - 1) / NR * NR);
+    // Query columns computed: the valid rows rounded up to a vector, or, for
+    // a few rows (decoding), just those, as dot products.
+    const bool dots = rows <= kDotRows;
+    const int64_t cols = dots ? rows : tile_columns<VB, A>(rows);
+    const int64_t ld = dots ? rows : BM;  // of the score tile
 
     const T* kbase = p.k + b * p.ks.b + hk * p.ks.h;
     const T* vbase = p.v + b * p.vs.b + hk * p.vs.h;
     T* obase = p.out + b * p.os.b + h * p.os.h + m0 * p.os.l;
     A* lse = p.lse + (b * pb.Hq + h) * pb.Lq + m0;
 
-    tiles::load_transposed(qt, BM, p.q + b * p.qs.b + h * p.qs.h + m0 * p.qs.l, p.qs.l, rows,
-                           cols, D, scale);
+    const T* qrows = p.q + b * p.qs.b + h * p.qs.h + m0 * p.qs.l;
+    if (dots) {
+      tiles::load_rows(qt, qrows, p.qs.l, rows, D, scale);  // scale Q, rows x D
+    } else {
+      tiles::load_transposed(qt, BM, qrows, p.qs.l, rows, cols, D, scale);
+    }
     std::fill(acc, acc + rows * D, A(0));
     std::fill(m, m + cols, kNegInf<A>);
     std::fill(l, l + cols, A(0));
@@ -99,24 +109,36 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
       const A* kr = tiles::rows_operand(kbase + n0 * p.ks.l, p.ks.l, nb, D, kw, kld);
       const A* vr = tiles::rows_operand(vbase + n0 * p.vs.l, p.vs.l, nb, D, vw, vld);
       // s^T = K (scale Q)^T
-      tiles::gemm_acc<VB>(nb, cols, D, kr, kld, 1, qt, BM, st, BM, /*overwrite=*/true);
-      tiles::apply_mask(st, BM, nb, rows, pb.mask, b, h, m0, n0);
+      if (dots) {
+        tiles::gemm_dots(nb, cols, D, kr, kld, qt, D, st, ld);
+      } else {
+        tiles::gemm_acc<VB>(nb, cols, D, kr, kld, 1, qt, BM, st, ld, /*overwrite=*/true);
+      }
+      tiles::apply_mask(st, ld, nb, rows, pb.mask, b, h, m0, n0);
       if (pb.causal && tiles::crosses_diagonal(m0, n0, nb, diag))
-        tiles::apply_causal(st, BM, nb, rows, m0, n0, diag);
+        tiles::apply_causal(st, ld, nb, rows, m0, n0, diag);
 
       // Online softmax, one query per column. A column that has seen only
       // -inf keeps m = -inf and exponentiates with shift 0, so its p are 0
       // (or NaN where a NaN score was skipped by the max: then l turns NaN
       // and the row comes out NaN, as in torch).
-      std::copy(m, m + cols, shift);
-      tiles::col_max(st, BM, nb, cols, shift);  // shift = the new running max
-      for (int64_t c = 0; c < cols; ++c) {
-        const A m_new = shift[c];
-        if (m_new == kNegInf<A>) shift[c] = A(0);
-        alpha[c] = tiles::exp_acc(m[c] - shift[c]);  // 0 on the first live tile
-        m[c] = m_new;
+      if (ld == 1) {  // one query: its scores are one contiguous vector
+        const A m_new = tiles::vec_max(st, nb, m[0]);
+        shift[0] = m_new == kNegInf<A> ? A(0) : m_new;
+        alpha[0] = tiles::exp_acc(m[0] - shift[0]);
+        m[0] = m_new;
+        tsum[0] = tiles::vec_exp_sum(st, nb, shift[0]);
+      } else {
+        std::copy(m, m + cols, shift);
+        tiles::col_max(st, ld, nb, cols, shift);  // shift = the new running max
+        for (int64_t c = 0; c < cols; ++c) {
+          const A m_new = shift[c];
+          if (m_new == kNegInf<A>) shift[c] = A(0);
+          alpha[c] = tiles::exp_acc(m[c] - shift[c]);  // 0 on the first live tile
+          m[c] = m_new;
+        }
+        tiles::col_exp_sum(st, ld, nb, cols, shift, tsum);
       }
-      tiles::col_exp_sum(st, BM, nb, cols, shift, tsum);
       for (int64_t c = 0; c < cols; ++c) l[c] = l[c] * alpha[c] + tsum[c];
       for (int64_t i = 0; i < rows; ++i) {
         A* __restrict ar = acc + i * D;
@@ -125,11 +147,11 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
       }
       // Dropout scales the probabilities entering acc, not l.
       if (pb.drop.on) {
-        tiles::col_dropout(st, st, BM, nb, rows, ka, kb, static_cast<uint32_t>(n0),
+        tiles::col_dropout(st, st, ld, nb, rows, ka, kb, static_cast<uint32_t>(n0),
                            pb.drop.thresh, drop_scale);
       }
       // acc += P V, P read transposed from the key-major tile
-      tiles::gemm_acc<VB>(rows, D, nb, st, 1, BM, vr, vld, acc, D);
+      tiles::gemm_acc<VB>(rows, D, nb, st, 1, ld, vr, vld, acc, D);
     }
 
     for (int64_t i = 0; i < rows_all; ++i) {

@@ -48,12 +48,6 @@ constexpr A kNegInf = -std::numeric_limits<A>::infinity();
 // one tile of 64 rows or keys (gradients), so one chunk covers most of them.
 constexpr int64_t kSumChunk = 64;
 
-// Columns of one register block of gemm_acc: two vectors of the target.
-template <int VB, typename A>
-constexpr int64_t panel_width() {
-  return 2 * VB / static_cast<int64_t>(sizeof(A));
-}
-
 // One unaligned vector load (one instruction, no trip through the stack).
 template <typename V, typename A>
 FASTATTN_INLINE V load_vec(const A* p) {
@@ -117,13 +111,19 @@ FASTATTN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const A* a, int64
                               int64_t sak, const A* b, int64_t ldb, A* c, int64_t ldc,
                               bool overwrite = false) {
   constexpr int MR = VB >= 64 ? 12 : 4;
-  constexpr int64_t NR = panel_width<VB, A>();
+  constexpr int64_t NR = 2 * VB / static_cast<int64_t>(sizeof(A));  // two vectors
   if (K == 0) {
     if (overwrite)
       for (int64_t m = 0; m < M; ++m) std::fill(c + m * ldc, c + m * ldc + N, A(0));
     return;
   }
   int64_t n0 = 0;
+  if (M < 4) {  // a few rows (decoding): four vectors per row, four FMA chains
+    for (; n0 + 2 * NR <= N; n0 += 2 * NR)
+      for (int64_t m = 0; m < M; ++m)
+        gemm_block<1, 4, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc,
+                             overwrite);
+  }
   for (; n0 + NR <= N; n0 += NR) {
     int64_t m = 0;
     for (; m + MR <= M; m += MR)
@@ -136,10 +136,19 @@ FASTATTN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const A* a, int64
       gemm_block<1, 2, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc,
                            overwrite);
   }
-  if (n0 == N) return;
-  // Remaining columns (fewer than NR), one row and at most NR / 2 columns
-  // at a time: same chunked summation.
   constexpr int64_t NH = NR / 2;
+  for (; n0 + NH <= N; n0 += NH) {  // one vector of columns left
+    int64_t m = 0;
+    for (; m + MR <= M; m += MR)
+      gemm_block<MR, 1, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc,
+                            overwrite);
+    for (; m < M; ++m)
+      gemm_block<1, 1, VB>(K, a + m * sam, sam, sak, b + n0, ldb, c + m * ldc + n0, ldc,
+                           overwrite);
+  }
+  if (n0 == N) return;
+  // Remaining columns (less than a vector), one row at a time: same chunked
+  // summation.
   for (int64_t m = 0; m < M; ++m) {
     for (int64_t n = n0; n < N; n += NH) {
       const int64_t w = N - n < NH ? N - n : NH;
@@ -159,6 +168,104 @@ FASTATTN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const A* a, int64
         }
       }
     }
+  }
+}
+
+// Independent partial sums of a dot product (a gcc vector of kLanes values,
+// split into the target's registers: the same lanes, so the same result, on
+// every target).
+constexpr int kLanes = 16;
+
+// One dot product of contiguous a[0, K) and b[0, K) as kLanes partial sums
+// (lane l sums the products of k = l mod kLanes), reduced by halving: lanes
+// [0, 8) += [8, 16), then [0, 4) += [4, 8), and so on; a head dim that is
+// not a multiple of kLanes adds its tail last.
+template <typename A>
+FASTATTN_INLINE A dot(const A* a, const A* b, int64_t K) {
+  typedef A Lanes __attribute__((vector_size(kLanes * sizeof(A))));
+  const int64_t kv = K / kLanes * kLanes;
+  Lanes acc = {};
+  for (int64_t k = 0; k < kv; k += kLanes) acc += load_vec<Lanes>(a + k) * load_vec<Lanes>(b + k);
+  A tail = 0;
+  for (int64_t k = kv; k < K; ++k) tail += a[k] * b[k];
+  A lanes[kLanes];
+  std::memcpy(lanes, &acc, sizeof(acc));
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int x = 0; x < w; ++x) lanes[x] += lanes[x + w];
+  return lanes[0] + tail;
+}
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define FASTATTN_DOT_BLOCKS 1
+// The halving reduction of 16 dot products at once: the same additions as
+// dot() (so the same results), with vector shuffles instead of a trip
+// through memory per dot. Level with s lanes per dot: each vector holds
+// 16 / s dots of s lanes; pairs of vectors merge into one of s / 2 lanes per
+// dot, adding each dot's lower and upper half. Dot order stays natural.
+template <typename A>
+FASTATTN_INLINE void dot_block16(const A* const* arows, const A* b, int64_t K, A* out,
+                                 int64_t out_stride) {
+  typedef A Lanes __attribute__((vector_size(kLanes * sizeof(A))));
+  typedef std::conditional_t<sizeof(A) == 4, int32_t, int64_t> I;
+  typedef I Mask __attribute__((vector_size(kLanes * sizeof(A))));
+  static_assert(kLanes == 16, "the shuffle masks below are for 16 lanes");
+  const int64_t kv = K / kLanes * kLanes;
+  Lanes v[16];
+#pragma GCC unroll 16
+  for (int r = 0; r < 16; ++r) v[r] = Lanes{};
+  for (int64_t k = 0; k < kv; k += kLanes) {
+    const Lanes bv = load_vec<Lanes>(b + k);
+#pragma GCC unroll 16
+    for (int r = 0; r < 16; ++r) v[r] += load_vec<Lanes>(arows[r] + k) * bv;
+  }
+  const Mask lo16 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
+  const Mask hi16 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
+  const Mask lo8 = {0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27};
+  const Mask hi8 = {4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31};
+  const Mask lo4 = {0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29};
+  const Mask hi4 = {2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31};
+  const Mask lo2 = {0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30};
+  const Mask hi2 = {1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31};
+#pragma GCC unroll 8
+  for (int r = 0; r < 8; ++r)
+    v[r] = __builtin_shuffle(v[2 * r], v[2 * r + 1], lo16) +
+           __builtin_shuffle(v[2 * r], v[2 * r + 1], hi16);
+#pragma GCC unroll 4
+  for (int r = 0; r < 4; ++r)
+    v[r] = __builtin_shuffle(v[2 * r], v[2 * r + 1], lo8) +
+           __builtin_shuffle(v[2 * r], v[2 * r + 1], hi8);
+#pragma GCC unroll 2
+  for (int r = 0; r < 2; ++r)
+    v[r] = __builtin_shuffle(v[2 * r], v[2 * r + 1], lo4) +
+           __builtin_shuffle(v[2 * r], v[2 * r + 1], hi4);
+  const Lanes sums = __builtin_shuffle(v[0], v[1], lo2) + __builtin_shuffle(v[0], v[1], hi2);
+  for (int r = 0; r < 16; ++r) {
+    A tail = 0;
+    for (int64_t k = kv; k < K; ++k) tail += arows[r][k] * b[k];
+    out[r * out_stride] = sums[r] + tail;
+  }
+}
+#else
+#define FASTATTN_DOT_BLOCKS 0
+#endif
+
+// C[m, n] = sum_k a[m * lda + k] * b[n * ldb + k]: rows of A against rows of
+// B, both contiguous in k, as dot(). For score tiles with very few query
+// columns (decoding), where a register panel of gemm_acc would be mostly
+// padding.
+template <typename A>
+FASTATTN_INLINE void gemm_dots(int64_t M, int64_t N, int64_t K, const A* a, int64_t lda,
+                               const A* b, int64_t ldb, A* c, int64_t ldc) {
+  for (int64_t n = 0; n < N; ++n) {
+    int64_t m = 0;
+#if FASTATTN_DOT_BLOCKS
+    for (; m + 16 <= M; m += 16) {
+      const A* rows[16];
+      for (int r = 0; r < 16; ++r) rows[r] = a + (m + r) * lda;
+      dot_block16(rows, b + n * ldb, K, c + m * ldc + n, ldc);
+    }
+#endif
+    for (; m < M; ++m) c[m * ldc + n] = dot(a + m * lda, b + n * ldb, K);
   }
 }
 
@@ -189,6 +296,44 @@ FASTATTN_INLINE float exp_fast(float x) {
 
 FASTATTN_INLINE float exp_acc(float x) { return exp_fast(x); }
 FASTATTN_INLINE double exp_acc(double x) { return std::exp(x); }
+
+// ------------------------------------------------------------ one column
+// A score tile of a single query (decoding) is a contiguous vector over the
+// keys: these run along it with kLanes partial results, reduced by halving.
+
+// max(init, v[0, n)); NaN entries are skipped, as by col_max.
+template <typename A>
+FASTATTN_INLINE A vec_max(const A* v, int64_t n, A init) {
+  A part[kLanes];
+  for (int l = 0; l < kLanes; ++l) part[l] = init;
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) part[l] = v[j + l] > part[l] ? v[j + l] : part[l];
+  for (int l = 0; j < n; ++j, ++l) part[l] = v[j] > part[l] ? v[j] : part[l];
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) part[l] = part[l + w] > part[l] ? part[l + w] : part[l];
+  return part[0];
+}
+
+// v[j] = exp(v[j] - shift) for j < n; returns their sum.
+template <typename A>
+FASTATTN_INLINE A vec_exp_sum(A* v, int64_t n, A shift) {
+  A part[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      v[j + l] = exp_acc(v[j + l] - shift);
+      part[l] += v[j + l];
+    }
+  }
+  for (int l = 0; j < n; ++j, ++l) {
+    v[j] = exp_acc(v[j] - shift);
+    part[l] += v[j];
+  }
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) part[l] += part[l + w];
+  return part[0];
+}
 
 // ------------------------------------------------------------ column ops
 // On a key-major tile t (nkeys rows of ld elements; column c is query c).
@@ -262,11 +407,15 @@ FASTATTN_INLINE void widen(A* __restrict dst, const T* __restrict src, int64_t n
   for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<A>(src[j]);
 }
 
-// dst rows (nrows x D, leading dim D) = src rows widened to A.
+// dst rows (nrows x D, leading dim D) = factor * src rows, widened to A.
 template <typename A, typename T>
 FASTATTN_INLINE void load_rows(A* __restrict dst, const T* src, int64_t stride, int64_t nrows,
-                               int64_t D) {
-  for (int64_t i = 0; i < nrows; ++i) widen(dst + i * D, src + i * stride, D);
+                               int64_t D, A factor = A(1)) {
+  for (int64_t i = 0; i < nrows; ++i) {
+    widen(dst + i * D, src + i * stride, D);
+    if (factor != A(1))
+      for (int64_t d = 0; d < D; ++d) dst[i * D + d] *= factor;
+  }
 }
 
 // Rows of a (L, D) slice as an operand of gemm_acc: the slice itself when T
