@@ -5,6 +5,10 @@
     compute-sanitizer --tool memcheck  python dev/cuda_attention_check.py --quick
     compute-sanitizer --tool racecheck python dev/cuda_attention_check.py --quick
 
+(dev/sanitize_kernels.py is the smaller workload that tests/test_sanitizer.py
+runs under both tools: every kernel of the cuda and triton backends once,
+norms included.)
+
 Calls the native ops (fastattn::attention_fwd_native / attention_bwd_native)
 directly on CUDA tensors, so it exercises exactly the cuda backend, over
 head-dim buckets and odd head dims, self/cross/decode lengths, GQA, causal,

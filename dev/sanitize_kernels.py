@@ -7,7 +7,8 @@
 tests/test_sanitizer.py runs both tools over this script on a GPU.
 
 Each call goes through the public API, forward and backward:
-- attention in float16 and float32, head dims 40 and 128, GQA, causal, q and
+- attention in float16 and float32, head dims 40 and 128 (and on the cuda
+  backend 16 and 256, its other compiled buckets), GQA, causal, q and
   kv lengths (one batch row without keys), a float mask with its gradient
   (one query row masked out entirely), a broadcast bool mask, dropout, the
   decode shape Lq = 1; sequences span several key and query tiles, so the
@@ -136,6 +137,7 @@ class Attn:
     kv_lengths: Optional[tuple] = None
     dropout_p: float = 0.0
     split_kv: bool = False  # triton: force the split-KV decoding kernels
+    native_only: bool = False  # the other head-dim buckets of the cuda kernels
 
     def __str__(self):
         s = (f"attention {str(self.dtype)[6:]} B{self.B} H{self.Hq}x{self.Hkv} "
@@ -156,6 +158,12 @@ ATTENTION = [
          q_lengths=(77, 50, 9), kv_lengths=(200, 0, 131), dropout_p=0.2),
     Attn(torch.float32, 2, 2, 2, 77, 200, 128, mask="bool", kv_lengths=(200, 71)),
     Attn(torch.float16, 3, 4, 2, 1, 517, 128, kv_lengths=(517, 300, 1), split_kv=True),
+    # The cuda kernels are compiled per head-dim bucket (32, 64, 128, 256);
+    # D = 40 and 128 above take two, these the others.
+    Attn(torch.float16, 2, 2, 1, 77, 150, 256, causal=True, mask="bias",
+         kv_lengths=(150, 64), native_only=True),
+    Attn(torch.float32, 2, 2, 2, 77, 150, 16, mask="bool", q_lengths=(77, 30), dropout_p=0.1,
+         native_only=True),
 ]
 
 
@@ -360,7 +368,8 @@ def calls(device: str, backends: list[str]):
     for b in backends:
         backend = native if b == "native" else b
         for c in ATTENTION:
-            yield f"{backend}: {c}", check_attention, c, backend
+            if b == "native" or not c.native_only:
+                yield f"{backend}: {c}", check_attention, c, backend
         if backend == "triton":  # the only backend with packed kernels
             for c in VARLEN:
                 yield f"{backend}: {c}", check_varlen, c, backend
