@@ -19,6 +19,7 @@ from hypothesis import given, settings, strategies as st
 
 import fastattn
 from fastattn import _rng, reference
+from fastattn._backends import unavailable_reason
 
 from helpers import HAS_CUDA, INTERPRET, assert_close, backend_params, dtypes_for
 
@@ -303,6 +304,23 @@ def test_gradcheck(case, backend, device):
 
     assert torch.autograd.gradcheck(fn, [inputs[n] for n in names], eps=1e-6, atol=1e-5,
                                     rtol=1e-3)
+
+
+# The C++ CPU norms run the widest of their SSE2/AVX2/AVX-512 variants
+# (csrc/cpu/cpu_isa.h); FASTATTN_CPU_ISA lowers the choice so the narrower
+# ones are checked too, on cases with odd widths, padding, residual, dropout.
+ISA_CASES = [CASES[2], CASES[3], DROPOUT_CASES[0], DROPOUT_CASES[2],
+             Case("add_rms_norm", (9, 517), prenorm=True)]
+
+
+@pytest.mark.skipif(bool(unavailable_reason("cpu", "norm", torch.device("cpu"))),
+                    reason=unavailable_reason("cpu", "norm", torch.device("cpu")) or "")
+@pytest.mark.parametrize("isa", ["default", "avx2"])
+@pytest.mark.parametrize("case", ISA_CASES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_cpu_isa_variants(isa, case, dtype, monkeypatch):
+    monkeypatch.setenv("FASTATTN_CPU_ISA", isa)
+    check_case(case, "cpu", "cpu", dtype)
 
 
 # --------------------------------------------------------------- dropout

@@ -16,7 +16,10 @@
 // inputs), so every inner loop runs over plain contiguous arrays that gcc -O3
 // vectorizes. Reductions keep kLanes independent partial sums: that is what
 // lets the compiler vectorize them without -ffast-math, and the lanes are
-// combined in a fixed order, so results do not depend on the thread count.
+// combined in a fixed order, so results do not depend on the thread count
+// (nor on the instruction set: the row loops are compiled for SSE2, AVX2 and
+// AVX-512 as the attention kernels are, cpu_isa.h, and the widest one the
+// CPU supports runs).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/BFloat16.h>
@@ -30,6 +33,7 @@
 
 #include "common/dropout_hash.h"
 #include "common/norm_args.h"
+#include "cpu/cpu_isa.h"
 
 namespace fastattn {
 namespace cpu {
@@ -53,7 +57,7 @@ constexpr int64_t kMaxPartialBlocks = 32;
 
 // sum_{j < n} term(j), with kLanes partial sums combined in a fixed order.
 template <typename A, typename F>
-inline A lane_sum(int64_t n, F term) {
+FASTATTN_INLINE A lane_sum(int64_t n, F term) {
   A part[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes) {
@@ -68,7 +72,7 @@ inline A lane_sum(int64_t n, F term) {
 // In-place dropout of one row: v[j] *= keep ? scale : 0. Multiplying by 0
 // (rather than writing 0) propagates NaN/inf as the reference does.
 template <typename A>
-inline void apply_dropout(A* __restrict v, int64_t n, dropout::RowKeys keys, uint32_t thresh,
+FASTATTN_INLINE void apply_dropout(A* __restrict v, int64_t n, dropout::RowKeys keys, uint32_t thresh,
                           A scale) {
   for (int64_t j = 0; j < n; ++j) {
     const bool kept = dropout::keep(keys, static_cast<uint32_t>(j), thresh);
@@ -105,73 +109,284 @@ std::vector<A> widen_or_fill(const at::Tensor& t, int64_t n, A fill) {
   return out;
 }
 
+// Everything the forward's row loop reads, set up once per call.
+template <typename T>
+struct FwdCtx {
+  using A = acc_t<T>;
+  int64_t n = 0;
+  Dropout<A> drop;
+  std::vector<A> w, b;     // weight, bias (1 and 0 where absent)
+  bool has_res = false, makes_h = false, store_h = false;
+  const T* x = nullptr;
+  const T* res = nullptr;
+  T* y = nullptr;
+  T* h = nullptr;
+  float* mean = nullptr;   // null for RMS norm
+  float* rstd = nullptr;
+  int64_t x_stride = 0, r_stride = 0;
+  A inv_n = 0, eps = 0;
+  bool is_rms = false;
+
+  FwdCtx(const norm_args::FwdInputs& in, const std::optional<at::Tensor>& seed_t, double eps_d,
+         double dropout_p, bool rms, at::Tensor& y_t, at::Tensor& h_t, at::Tensor& mean_t,
+         at::Tensor& rstd_t)
+      : n(in.n), drop(seed_t, dropout_p), w(widen_or_fill<T>(in.weight, in.n, A(1))),
+        b(widen_or_fill<T>(in.bias, in.n, A(0))), is_rms(rms) {
+    has_res = in.residual.defined();
+    // h differs from x (and must be rounded to T) only with dropout or residual.
+    makes_h = has_res || drop.on;
+    store_h = h_t.numel() > 0;
+    x = in.x.data_ptr<T>();
+    res = has_res ? in.residual.data_ptr<T>() : nullptr;
+    y = y_t.data_ptr<T>();
+    h = store_h ? h_t.data_ptr<T>() : nullptr;
+    mean = rms ? nullptr : mean_t.data_ptr<float>();
+    rstd = rstd_t.data_ptr<float>();
+    x_stride = in.x.stride(0);
+    r_stride = has_res ? in.residual.stride(0) : 0;
+    inv_n = A(1) / static_cast<A>(n);
+    eps = static_cast<A>(eps_d);
+  }
+};
+
+// The row loops below carry `#pragma GCC ivdep`: their arrays are distinct
+// by construction (outputs are freshly allocated, scratch rows are private),
+// and without it gcc guards each vectorized loop with a run-time overlap
+// check that sends the rows down the scalar path (2-3x slower, measured).
+
+// Statistics and output of one row, h its values in the accumulation type.
+template <typename T>
+FASTATTN_INLINE void norm_row(const FwdCtx<T>& cx, int64_t row, const acc_t<T>* __restrict hv,
+                              const acc_t<T>* __restrict wv, const acc_t<T>* __restrict bv) {
+  using A = acc_t<T>;
+  const int64_t n = cx.n;
+  // Two passes over the row: exact mean first, then the centred variance
+  // (no cancellation, unlike E[h^2] - E[h]^2).
+  A mu = 0;
+  if (!cx.is_rms) mu = lane_sum<A>(n, [&](int64_t j) { return hv[j]; }) * cx.inv_n;
+  const A var = lane_sum<A>(n, [&](int64_t j) {
+                  const A d = hv[j] - mu;
+                  return d * d;
+                }) * cx.inv_n;
+  const A rs = A(1) / std::sqrt(var + cx.eps);
+  T* __restrict yr = cx.y + row * n;
+#pragma GCC ivdep
+  for (int64_t j = 0; j < n; ++j) yr[j] = static_cast<T>((hv[j] - mu) * rs * wv[j] + bv[j]);
+  if (cx.mean) cx.mean[row] = static_cast<float>(mu);
+  cx.rstd[row] = static_cast<float>(rs);
+}
+
+// Forward of rows [begin, end).
+template <typename T>
+FASTATTN_INLINE void fwd_rows(const FwdCtx<T>& cx, int64_t begin, int64_t end) {
+  using A = acc_t<T>;
+  const int64_t n = cx.n;
+  std::vector<A> row_buf(static_cast<size_t>(n));
+  A* __restrict hv = row_buf.data();
+  const A* __restrict wv = cx.w.data();
+  const A* __restrict bv = cx.b.data();
+  for (int64_t row = begin; row < end; ++row) {
+    const T* __restrict xr = cx.x + row * cx.x_stride;
+    if constexpr (std::is_same_v<T, A>) {
+      if (!cx.makes_h) {  // h is x itself: read it in place, no copy
+        norm_row(cx, row, xr, wv, bv);
+        continue;
+      }
+    }
+#pragma GCC ivdep
+    for (int64_t j = 0; j < n; ++j) hv[j] = static_cast<A>(xr[j]);
+    if (cx.drop.on) {
+      apply_dropout(hv, n, dropout::row_keys(cx.drop.seed, row), cx.drop.thresh, cx.drop.scale);
+    }
+    if (cx.has_res) {
+      const T* __restrict rr = cx.res + row * cx.r_stride;
+#pragma GCC ivdep
+      for (int64_t j = 0; j < n; ++j) hv[j] += static_cast<A>(rr[j]);
+    }
+    if (cx.makes_h) {
+      // Round h to T: the statistics see h exactly as it is stored.
+      if constexpr (!std::is_same_v<T, A>) {
+#pragma GCC ivdep
+        for (int64_t j = 0; j < n; ++j) hv[j] = static_cast<A>(static_cast<T>(hv[j]));
+      }
+      if (cx.store_h) {
+        T* __restrict hr = cx.h + row * n;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < n; ++j) hr[j] = static_cast<T>(hv[j]);
+      }
+    }
+    norm_row(cx, row, static_cast<const A*>(hv), wv, bv);
+  }
+}
+
+template <typename T>
+void fwd_rows_default(const FwdCtx<T>& cx, int64_t begin, int64_t end) {
+  fwd_rows<T>(cx, begin, end);
+}
+
+#if FASTATTN_X86_VARIANTS
+template <typename T>
+FASTATTN_TARGET_AVX2 void fwd_rows_avx2(const FwdCtx<T>& cx, int64_t begin, int64_t end) {
+  fwd_rows<T>(cx, begin, end);
+}
+template <typename T>
+FASTATTN_TARGET_AVX512 void fwd_rows_avx512(const FwdCtx<T>& cx, int64_t begin, int64_t end) {
+  fwd_rows<T>(cx, begin, end);
+}
+
+// The variant of a row loop for this CPU (cpu_isa.h).
+template <typename F>
+F pick_variant(F fallback, F avx2, F avx512) {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return avx512;
+    case Isa::kAvx2: return avx2;
+    default: return fallback;
+  }
+}
+#endif
+
 template <typename T>
 void norm_fwd_impl(const norm_args::FwdInputs& in, const std::optional<at::Tensor>& seed_t,
                    double eps, double dropout_p, bool is_rms, at::Tensor& y, at::Tensor& h,
                    at::Tensor& mean, at::Tensor& rstd) {
-  using A = acc_t<T>;
-  const int64_t m = in.m, n = in.n;
-  const Dropout<A> drop(seed_t, dropout_p);
-  const std::vector<A> w = widen_or_fill<T>(in.weight, n, A(1));
-  const std::vector<A> b = widen_or_fill<T>(in.bias, n, A(0));
-  const bool has_res = in.residual.defined();
-  // h differs from x (and must be rounded to T) only with dropout or residual.
-  const bool makes_h = has_res || drop.on;
-  const bool store_h = h.numel() > 0;
-
-  const T* x_base = in.x.data_ptr<T>();
-  const T* r_base = has_res ? in.residual.data_ptr<T>() : nullptr;
-  T* y_base = y.data_ptr<T>();
-  T* h_base = store_h ? h.data_ptr<T>() : nullptr;
-  float* mean_out = is_rms ? nullptr : mean.data_ptr<float>();
-  float* rstd_out = rstd.data_ptr<float>();
-  const int64_t x_stride = in.x.stride(0);
-  const int64_t r_stride = has_res ? in.residual.stride(0) : 0;
-  const A inv_n = A(1) / static_cast<A>(n);
-  const A eps_a = static_cast<A>(eps);
-
-  const int64_t grain = std::max<int64_t>(1, kGrainElements / n);
-  at::parallel_for(0, m, grain, [&](int64_t begin, int64_t end) {
-    std::vector<A> row_buf(static_cast<size_t>(n));
-    A* __restrict hv = row_buf.data();
-    const A* __restrict wv = w.data();
-    const A* __restrict bv = b.data();
-    for (int64_t row = begin; row < end; ++row) {
-      const T* __restrict xr = x_base + row * x_stride;
-      for (int64_t j = 0; j < n; ++j) hv[j] = static_cast<A>(xr[j]);
-      if (drop.on) {
-        apply_dropout(hv, n, dropout::row_keys(drop.seed, row), drop.thresh, drop.scale);
-      }
-      if (has_res) {
-        const T* __restrict rr = r_base + row * r_stride;
-        for (int64_t j = 0; j < n; ++j) hv[j] += static_cast<A>(rr[j]);
-      }
-      if (makes_h) {
-        // Round h to T: the statistics see h exactly as it is stored.
-        if constexpr (!std::is_same_v<T, A>) {
-          for (int64_t j = 0; j < n; ++j) hv[j] = static_cast<A>(static_cast<T>(hv[j]));
-        }
-        if (store_h) {
-          T* __restrict hr = h_base + row * n;
-          for (int64_t j = 0; j < n; ++j) hr[j] = static_cast<T>(hv[j]);
-        }
-      }
-      // Two passes over the cached row: exact mean first, then the centred
-      // variance (no cancellation, unlike E[h^2] - E[h]^2).
-      A mu = 0;
-      if (!is_rms) mu = lane_sum<A>(n, [&](int64_t j) { return hv[j]; }) * inv_n;
-      const A var = lane_sum<A>(n, [&](int64_t j) {
-                      const A d = hv[j] - mu;
-                      return d * d;
-                    }) * inv_n;
-      const A rs = A(1) / std::sqrt(var + eps_a);
-      T* __restrict yr = y_base + row * n;
-      for (int64_t j = 0; j < n; ++j) yr[j] = static_cast<T>((hv[j] - mu) * rs * wv[j] + bv[j]);
-      if (mean_out) mean_out[row] = static_cast<float>(mu);
-      rstd_out[row] = static_cast<float>(rs);
-    }
-  });
+  const FwdCtx<T> cx(in, seed_t, eps, dropout_p, is_rms, y, h, mean, rstd);
+#if FASTATTN_X86_VARIANTS
+  auto rows = pick_variant(&fwd_rows_default<T>, &fwd_rows_avx2<T>, &fwd_rows_avx512<T>);
+#else
+  auto rows = &fwd_rows_default<T>;
+#endif
+  const int64_t grain = std::max<int64_t>(1, kGrainElements / in.n);
+  at::parallel_for(0, in.m, grain, [&](int64_t begin, int64_t end) { rows(cx, begin, end); });
 }
+
+// Everything the backward's row loop reads and writes, set up once per call.
+template <typename T>
+struct BwdCtx {
+  using A = acc_t<T>;
+  int64_t m = 0, n = 0;
+  Dropout<A> drop;
+  std::vector<A> w;         // weight (1 where absent)
+  bool has_dh_out = false, store_dres = false, partials = false, is_rms = false;
+  const T* h = nullptr;
+  const T* dy = nullptr;
+  const T* dh_out = nullptr;
+  const float* mean = nullptr;  // null for RMS norm
+  const float* rstd = nullptr;
+  T* dx = nullptr;
+  T* dres = nullptr;
+  int64_t h_stride = 0, dy_stride = 0, dho_stride = 0;
+  A inv_n = 0;
+  int64_t blocks = 0;       // row blocks, each with its dweight/dbias partials
+  A* dw_part = nullptr;     // (blocks, n)
+  A* db_part = nullptr;     // (blocks, n)
+
+  BwdCtx(const norm_args::BwdInputs& in, const std::optional<at::Tensor>& seed_t,
+         double dropout_p, bool rms, at::Tensor& dx_t, at::Tensor& dres_t)
+      : m(in.m), n(in.n), drop(seed_t, dropout_p), w(widen_or_fill<T>(in.weight, in.n, A(1))),
+        is_rms(rms) {
+    has_dh_out = in.dh_out.defined();
+    store_dres = dres_t.numel() > 0;
+    h = in.h.data_ptr<T>();
+    dy = in.dy.data_ptr<T>();
+    dh_out = has_dh_out ? in.dh_out.data_ptr<T>() : nullptr;
+    mean = rms ? nullptr : in.mean.data_ptr<float>();
+    rstd = in.rstd.data_ptr<float>();
+    dx = dx_t.data_ptr<T>();
+    dres = store_dres ? dres_t.data_ptr<T>() : nullptr;
+    h_stride = in.h.stride(0);
+    dy_stride = in.dy.stride(0);
+    dho_stride = has_dh_out ? in.dh_out.stride(0) : 0;
+    inv_n = A(1) / static_cast<A>(n);
+  }
+};
+
+// Backward of row blocks [blk_begin, blk_end); block k covers rows
+// [k*M/blocks, (k+1)*M/blocks).
+template <typename T>
+FASTATTN_INLINE void bwd_blocks(const BwdCtx<T>& cx, int64_t blk_begin, int64_t blk_end) {
+  using A = acc_t<T>;
+  const int64_t m = cx.m, n = cx.n;
+  const A* __restrict wv = cx.w.data();
+  std::vector<A> g_row(static_cast<size_t>(n));
+  A* __restrict g = g_row.data();
+  for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
+    A* __restrict dwp = cx.partials ? cx.dw_part + blk * n : nullptr;
+    A* __restrict dbp = cx.partials ? cx.db_part + blk * n : nullptr;
+    const int64_t row_end = (blk + 1) * m / cx.blocks;
+    for (int64_t row = blk * m / cx.blocks; row < row_end; ++row) {
+      const T* __restrict hr = cx.h + row * cx.h_stride;
+      const T* __restrict dyr = cx.dy + row * cx.dy_stride;
+      A mu = cx.mean ? static_cast<A>(cx.mean[row]) : A(0);
+      if constexpr (std::is_same_v<A, double>) {
+        // The saved mean is float32 (contract); for double inputs take the
+        // exact mean again from the row, so that xhat is exact when h is
+        // constant (e.g. N = 1). rstd cannot be recomputed (no eps).
+        if (cx.mean) mu = lane_sum<A>(n, [&](int64_t j) { return static_cast<A>(hr[j]); }) * cx.inv_n;
+      }
+      const A rs = static_cast<A>(cx.rstd[row]);
+      // Two passes over the row's h and dy, nothing materialized: the
+      // row means of g * xhat and g (g = dy * weight, xhat = (h - mean) rstd),
+      // then dh and the weight/bias partial sums.
+      const A c_gx = lane_sum<A>(n, [&](int64_t j) {
+                       return static_cast<A>(dyr[j]) * wv[j] * ((static_cast<A>(hr[j]) - mu) * rs);
+                     }) * cx.inv_n;
+      const A c_g = cx.is_rms ? A(0)
+                              : lane_sum<A>(n, [&](int64_t j) {
+                                  return static_cast<A>(dyr[j]) * wv[j];
+                                }) * cx.inv_n;
+      T* __restrict dxr = cx.dx + row * n;
+      // dh = rstd (g - xhat mean(g xhat) - mean(g)) into the scratch row,
+      // then the optional steps, each its own vectorized loop.
+      if (cx.partials) {
+#pragma GCC ivdep
+        for (int64_t j = 0; j < n; ++j) {
+          const A dy = static_cast<A>(dyr[j]);
+          const A xhat = (static_cast<A>(hr[j]) - mu) * rs;
+          g[j] = rs * (dy * wv[j] - xhat * c_gx - c_g);
+          dwp[j] += dy * xhat;
+          dbp[j] += dy;
+        }
+      } else {
+#pragma GCC ivdep
+        for (int64_t j = 0; j < n; ++j) {
+          const A xhat = (static_cast<A>(hr[j]) - mu) * rs;
+          g[j] = rs * (static_cast<A>(dyr[j]) * wv[j] - xhat * c_gx - c_g);
+        }
+      }
+      if (cx.has_dh_out) {
+        const T* __restrict dhor = cx.dh_out + row * cx.dho_stride;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < n; ++j) g[j] += static_cast<A>(dhor[j]);
+      }
+      if (cx.store_dres) {
+        T* __restrict dresr = cx.dres + row * n;
+#pragma GCC ivdep
+        for (int64_t j = 0; j < n; ++j) dresr[j] = static_cast<T>(g[j]);
+      }
+      if (cx.drop.on) {
+        apply_dropout(g, n, dropout::row_keys(cx.drop.seed, row), cx.drop.thresh, cx.drop.scale);
+      }
+#pragma GCC ivdep
+      for (int64_t j = 0; j < n; ++j) dxr[j] = static_cast<T>(g[j]);
+    }
+  }
+}
+
+template <typename T>
+void bwd_blocks_default(const BwdCtx<T>& cx, int64_t begin, int64_t end) {
+  bwd_blocks<T>(cx, begin, end);
+}
+
+#if FASTATTN_X86_VARIANTS
+template <typename T>
+FASTATTN_TARGET_AVX2 void bwd_blocks_avx2(const BwdCtx<T>& cx, int64_t begin, int64_t end) {
+  bwd_blocks<T>(cx, begin, end);
+}
+template <typename T>
+FASTATTN_TARGET_AVX512 void bwd_blocks_avx512(const BwdCtx<T>& cx, int64_t begin, int64_t end) {
+  bwd_blocks<T>(cx, begin, end);
+}
+#endif
 
 template <typename T>
 void norm_bwd_impl(const norm_args::BwdInputs& in, const std::optional<at::Tensor>& seed_t,
@@ -179,88 +394,29 @@ void norm_bwd_impl(const norm_args::BwdInputs& in, const std::optional<at::Tenso
                    at::Tensor& dw, at::Tensor& db) {
   using A = acc_t<T>;
   const int64_t m = in.m, n = in.n;
-  const Dropout<A> drop(seed_t, dropout_p);
-  const std::vector<A> w = widen_or_fill<T>(in.weight, n, A(1));
-  const bool has_dh_out = in.dh_out.defined();
-  const bool store_dres = dres.numel() > 0;
   const bool want_dw = dw.numel() > 0, want_db = db.numel() > 0;
-
-  const T* h_base = in.h.data_ptr<T>();
-  const T* dy_base = in.dy.data_ptr<T>();
-  const T* dho_base = has_dh_out ? in.dh_out.data_ptr<T>() : nullptr;
-  const float* mean_in = is_rms ? nullptr : in.mean.data_ptr<float>();
-  const float* rstd_in = in.rstd.data_ptr<float>();
-  T* dx_base = dx.data_ptr<T>();
-  T* dres_base = store_dres ? dres.data_ptr<T>() : nullptr;
-  const int64_t h_stride = in.h.stride(0), dy_stride = in.dy.stride(0);
-  const int64_t dho_stride = has_dh_out ? in.dh_out.stride(0) : 0;
-  const A inv_n = A(1) / static_cast<A>(n);
-
-  // Fixed row blocks with private dweight/dbias partial sums (see
-  // kMaxPartialBlocks); block k covers rows [k*M/blocks, (k+1)*M/blocks).
   if (m == 0) {  // empty sums
     if (want_dw) dw.zero_();
     if (want_db) db.zero_();
     return;
   }
-  const int64_t blocks = std::min(m, kMaxPartialBlocks);
-  const bool partials = want_dw || want_db;
-  std::vector<A> dw_part(partials ? static_cast<size_t>(blocks * n) : 0, A(0));
-  std::vector<A> db_part(partials ? static_cast<size_t>(blocks * n) : 0, A(0));
+  BwdCtx<T> cx(in, seed_t, dropout_p, is_rms, dx, dres);
+  // Fixed row blocks with private dweight/dbias partial sums (see
+  // kMaxPartialBlocks).
+  cx.blocks = std::min(m, kMaxPartialBlocks);
+  cx.partials = want_dw || want_db;
+  std::vector<A> dw_part(cx.partials ? static_cast<size_t>(cx.blocks * n) : 0, A(0));
+  std::vector<A> db_part(cx.partials ? static_cast<size_t>(cx.blocks * n) : 0, A(0));
+  cx.dw_part = dw_part.data();
+  cx.db_part = db_part.data();
+  const int64_t blocks = cx.blocks;
   const int64_t block_grain = std::max<int64_t>(1, kGrainElements / ((m / blocks) * n));
-
-  at::parallel_for(0, blocks, block_grain, [&](int64_t blk_begin, int64_t blk_end) {
-    std::vector<A> buf(static_cast<size_t>(3 * n));
-    A* __restrict xhat = buf.data();
-    A* __restrict g = buf.data() + n;
-    A* __restrict dyv = buf.data() + 2 * n;
-    const A* __restrict wv = w.data();
-    for (int64_t blk = blk_begin; blk < blk_end; ++blk) {
-      A* __restrict dwp = partials ? dw_part.data() + blk * n : nullptr;
-      A* __restrict dbp = partials ? db_part.data() + blk * n : nullptr;
-      const int64_t row_end = (blk + 1) * m / blocks;
-      for (int64_t row = blk * m / blocks; row < row_end; ++row) {
-        const T* __restrict hr = h_base + row * h_stride;
-        const T* __restrict dyr = dy_base + row * dy_stride;
-        A mu = mean_in ? static_cast<A>(mean_in[row]) : A(0);
-        if constexpr (std::is_same_v<A, double>) {
-          // The saved mean is float32 (contract); for double inputs take the
-          // exact mean again from the cached row, so that xhat is exact when
-          // h is constant (e.g. N = 1). rstd cannot be recomputed (no eps).
-          if (mean_in) mu = lane_sum<A>(n, [&](int64_t j) { return static_cast<A>(hr[j]); }) * inv_n;
-        }
-        const A rs = static_cast<A>(rstd_in[row]);
-        for (int64_t j = 0; j < n; ++j) {
-          xhat[j] = (static_cast<A>(hr[j]) - mu) * rs;
-          dyv[j] = static_cast<A>(dyr[j]);
-          g[j] = dyv[j] * wv[j];
-        }
-        const A c_gx = lane_sum<A>(n, [&](int64_t j) { return g[j] * xhat[j]; }) * inv_n;
-        const A c_g = is_rms ? A(0) : lane_sum<A>(n, [&](int64_t j) { return g[j]; }) * inv_n;
-        // g now becomes dh.
-        for (int64_t j = 0; j < n; ++j) g[j] = rs * (g[j] - xhat[j] * c_gx - c_g);
-        if (has_dh_out) {
-          const T* __restrict dhor = dho_base + row * dho_stride;
-          for (int64_t j = 0; j < n; ++j) g[j] += static_cast<A>(dhor[j]);
-        }
-        if (store_dres) {
-          T* __restrict dresr = dres_base + row * n;
-          for (int64_t j = 0; j < n; ++j) dresr[j] = static_cast<T>(g[j]);
-        }
-        if (drop.on) {
-          apply_dropout(g, n, dropout::row_keys(drop.seed, row), drop.thresh, drop.scale);
-        }
-        T* __restrict dxr = dx_base + row * n;
-        for (int64_t j = 0; j < n; ++j) dxr[j] = static_cast<T>(g[j]);
-        if (partials) {
-          for (int64_t j = 0; j < n; ++j) {
-            dwp[j] += dyv[j] * xhat[j];
-            dbp[j] += dyv[j];
-          }
-        }
-      }
-    }
-  });
+#if FASTATTN_X86_VARIANTS
+  auto run = pick_variant(&bwd_blocks_default<T>, &bwd_blocks_avx2<T>, &bwd_blocks_avx512<T>);
+#else
+  auto run = &bwd_blocks_default<T>;
+#endif
+  at::parallel_for(0, blocks, block_grain, [&](int64_t b0, int64_t b1) { run(cx, b0, b1); });
 
   // Sum the block partials in block order: deterministic.
   auto finish = [&](const std::vector<A>& part, at::Tensor& out) {
