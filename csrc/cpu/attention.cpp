@@ -21,6 +21,7 @@
 #include "common/attention_args.h"
 #include "common/dropout_hash.h"
 #include "cpu/attention_cpu.h"
+#include "cpu/dispatch.h"
 
 namespace fastattn {
 namespace cpu {
@@ -87,19 +88,6 @@ Problem problem(const attention_args::Inputs& in, const std::vector<int64_t>& q_
   pb.scale = scale;
   pb.drop = dropout_cfg(seed, dropout_p);
   return pb;
-}
-
-// Runs `f` with the C++ type of `dtype` (float, double, Half, BFloat16).
-template <typename F>
-void dispatch_float(at::ScalarType dtype, const char* what, F&& f) {
-  switch (dtype) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kHalf: f(at::Half{}); break;
-    case at::kBFloat16: f(at::BFloat16{}); break;
-    default: TORCH_CHECK(false, what, ": unsupported dtype ", dtype,
-                         " (expected float16, bfloat16, float32 or float64)");
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(

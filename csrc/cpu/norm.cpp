@@ -34,6 +34,7 @@
 #include "common/dropout_hash.h"
 #include "common/norm_args.h"
 #include "cpu/cpu_isa.h"
+#include "cpu/dispatch.h"
 
 namespace fastattn {
 namespace cpu {
@@ -433,19 +434,6 @@ void norm_bwd_impl(const norm_args::BwdInputs& in, const std::optional<at::Tenso
   };
   if (want_dw) finish(dw_part, dw);
   if (want_db) finish(db_part, db);
-}
-
-// Runs `f` with the C++ type of `dtype` (float, double, Half, BFloat16).
-template <typename F>
-void dispatch_float(at::ScalarType dtype, const char* what, F&& f) {
-  switch (dtype) {
-    case at::kFloat: f(float{}); break;
-    case at::kDouble: f(double{}); break;
-    case at::kHalf: f(at::Half{}); break;
-    case at::kBFloat16: f(at::BFloat16{}); break;
-    default: TORCH_CHECK(false, what, ": unsupported dtype ", dtype,
-                         " (expected float16, bfloat16, float32 or float64)");
-  }
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_fwd_cpu(
