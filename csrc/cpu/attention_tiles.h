@@ -270,14 +270,19 @@ FASTATTN_INLINE void gemm_dots(int64_t M, int64_t N, int64_t K, const A* a, int6
 }
 
 // exp(x) for float, vectorizable: x = n ln2 + r with |r| <= ln2/2 (n by
-// round-to-nearest through the 1.5 * 2^23 trick), e^r by its Taylor series to
-// r^7 (relative error < 1e-8 on that interval), 2^n built in the exponent
-// bits. Exactly 0 below -87 (and for -inf), where e^x would be subnormal;
-// inputs above 88 saturate (softmax only feeds x <= ~0); NaN stays NaN.
+// round-to-nearest through the 1.5 * 2^23 trick, which also leaves n in the
+// low mantissa bits, so no float-to-int conversion is needed), e^r by its
+// Taylor series to r^7 (relative error < 1e-8 on that interval), 2^n built
+// in the exponent bits. Exactly 0 below -87 (and for -inf), where e^x would
+// be subnormal; inputs above 88 saturate (softmax only feeds x <= ~0); NaN
+// stays NaN. Only selects, no branches: gcc vectorizes it for every target
+// (given -fno-trapping-math, setup.py).
 FASTATTN_INLINE float exp_fast(float x) {
-  const float xc = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
+  float xc = x < -87.0f ? -87.0f : x;  // NaN passes both clamps
+  xc = xc > 88.0f ? 88.0f : xc;
   const float shifter = 12582912.0f;  // 1.5 * 2^23
-  const float fn = (xc * 1.44269504088896341f + shifter) - shifter;
+  const float t = xc * 1.44269504088896341f + shifter;
+  const float fn = t - shifter;
   const float r = (xc - fn * 0.693359375f) + fn * 2.12194440e-4f;  // ln2 in two parts
   float p = 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
@@ -287,8 +292,10 @@ FASTATTN_INLINE float exp_fast(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  // fn is integral and in [-126, 128] (NaN only when x is NaN: then p is NaN).
-  const int32_t bits = (static_cast<int32_t>(fn == fn ? fn : 0.0f) + 127) << 23;
+  int32_t n;  // = fn, read from t's mantissa (t's bits minus the shifter's)
+  std::memcpy(&n, &t, sizeof(n));
+  n -= 0x4B400000;
+  const int32_t bits = (n + 127) * (1 << 23);
   float two_n;
   std::memcpy(&two_n, &bits, sizeof(two_n));
   return x < -87.0f ? 0.0f : p * two_n;
