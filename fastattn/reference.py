@@ -241,21 +241,26 @@ def _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
 
 
 def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                      dropout_p, scale, seed=None):
+                      dropout_p, scale, seed=None, padded=None):
     """(out (total_q, Hq, D), lse (Hq, total_q)) of packed sequences, as the
     padded batch with per-row lengths: causal is bottom-right per sequence,
     and dropout draws the padded layout's mask (row (b * Hq + h) *
-    max_seqlen_q + i), which is what the kernels draw for packed inputs."""
+    max_seqlen_q + i), which is what the kernels draw for packed inputs.
+    `padded` computes the padded batch's (out, lse) with _attention's
+    arguments (default: _attention itself; the cpu backend passes its
+    padded kernels)."""
     qp, kp, vp, ql, kl, pos_q, _ = _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k,
                                                   max_seqlen_q, max_seqlen_k)
-    out, lse = _attention(qp, kp, vp, causal, None, ql, kl, dropout_p, scale, seed)
+    out, lse = (padded or _attention)(qp, kp, vp, causal, None, ql, kl, dropout_p, scale, seed)
     lse_packed = _to_packed(lse.unsqueeze(-1), pos_q)[..., 0].transpose(0, 1)
     return _to_packed(out, pos_q), lse_packed
 
 
 def _attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
-                          max_seqlen_q, max_seqlen_k, causal, scale, dropout_p=0.0, seed=None):
-    """(dq, dk, dv) of _attention_varlen by _attention_bwd on the padded batch."""
+                          max_seqlen_q, max_seqlen_k, causal, scale, dropout_p=0.0, seed=None,
+                          padded_bwd=None):
+    """(dq, dk, dv) of _attention_varlen by _attention_bwd (or `padded_bwd`,
+    same arguments) on the padded batch."""
     qp, kp, vp, ql, kl, pos_q, pos_k = _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k,
                                                       max_seqlen_q, max_seqlen_k)
     B = qp.shape[0]
@@ -266,8 +271,8 @@ def _attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlen
     doutp = _to_padded(dout, pos_q, B, max_seqlen_q)
     dlsep = (None if dlse is None else
              _to_padded(dlse.transpose(0, 1).unsqueeze(-1), pos_q, B, max_seqlen_q)[..., 0])
-    dq, dk, dv, _ = _attention_bwd(doutp, dlsep, qp, kp, vp, outp, lsep, None, ql, kl, causal,
-                                   scale, dropout_p, seed)
+    dq, dk, dv, _ = (padded_bwd or _attention_bwd)(doutp, dlsep, qp, kp, vp, outp, lsep, None,
+                                                   ql, kl, causal, scale, dropout_p, seed)
     return _to_packed(dq, pos_q), _to_packed(dk, pos_k), _to_packed(dv, pos_k)
 
 

@@ -15,7 +15,7 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 import fastattn
-from fastattn import reference
+from fastattn import _backends, reference
 
 from helpers import assert_close, backend_params
 
@@ -180,7 +180,7 @@ def _bad_calls():
         ("max_seqlen_q", ValueError, ok[:5] + (5, 5), {}),
         ("max_seqlen_k", TypeError, ok[:6] + (5.0,), {}),
         ("dropout_p", ValueError, ok, dict(dropout_p=1.0)),
-        ("backend", ValueError, ok, dict(backend="cpu")),
+        ("backend", ValueError, ok, dict(backend="cuda")),
     ]
 
 
@@ -205,3 +205,11 @@ def test_varlen_opcheck(backend, device):
     v = torch.randn(7, 2, 16, device=device, requires_grad=True)
     torch.library.opcheck(ops.attention_varlen_fwd,
                           (q, k, v, cu_q, cu_k, None, 5, 6, True, 0.25, 0.0, backend))
+
+
+@pytest.mark.skipif(bool(_backends.unavailable_reason("cpu", "attention", torch.device("cpu"))),
+                    reason="the C++ cpu backend is not built")
+def test_auto_uses_the_cpu_kernels_on_cpu(monkeypatch):
+    from fastattn.ops import attention_varlen as ops
+    monkeypatch.delenv("FASTATTN_BACKEND", raising=False)
+    assert ops.pick_backend("auto", torch.randn(4, 2, 16)) == "cpu"

@@ -22,8 +22,10 @@ row (b * Hq + h) * max_seqlen_q + i, col j (fastattn._rng), so varlen and
 the padded path with lengths agree under the same seed.
 
 Backends: triton (native packed kernels: the grid's batch axis indexes
-sequences, offsets come from cu_seqlens; no padding is materialized) and
-reference (pads, runs the reference, packs). Determinism and the
+sequences, offsets come from cu_seqlens; no padding is materialized), cpu
+(copies the sequences into the padded batch, runs the C++ padded kernels
+with lengths, which skip the padding, and packs the results) and reference
+(the same with the reference). Determinism and the
 `deterministic` flag as for attention (fastattn/ops/attention.py).
 """
 
@@ -39,12 +41,12 @@ from .. import _backends, _checks
 from .attention import (_check_qkv, _check_scale, _values_checkable,
                         deterministic_mode)
 
-VARLEN_BACKENDS = ("triton", "reference")
+VARLEN_BACKENDS = ("triton", "cpu", "reference")
 
 
 def pick_backend(requested: str, q: Tensor) -> str:
-    """triton or reference. A backend named by the argument that has no
-    packed kernels raises ValueError; one from FASTATTN_BACKEND falls back."""
+    """One of VARLEN_BACKENDS. A backend named by the argument that has no
+    varlen path raises ValueError; one from FASTATTN_BACKEND falls back."""
     chosen = _backends.resolve(requested, "attention", q.device, q.dtype)
     if chosen in VARLEN_BACKENDS:
         return chosen
@@ -64,8 +66,22 @@ def _run_fwd(backend, q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dr
                                                      causal, scale, dropout_p, deterministic)
     from .. import reference
     out, lse = reference._attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal,
-                                           dropout_p, scale, seed)
+                                           dropout_p, scale, seed,
+                                           padded=_native_padded if backend == "cpu" else None)
     return torch.empty_like(q).copy_(out), lse.contiguous()
+
+
+# The cpu backend's padded kernels with reference._attention's arguments.
+def _native_padded(q, k, v, causal, mask, q_lengths, kv_lengths, dropout_p, scale, seed):
+    return torch.ops.fastattn.attention_fwd_native(q, k, v, mask, q_lengths, kv_lengths, seed,
+                                                   causal, scale, dropout_p)
+
+
+def _native_padded_bwd(dout, dlse, q, k, v, out, lse, mask, q_lengths, kv_lengths, causal,
+                       scale, dropout_p, seed):
+    return torch.ops.fastattn.attention_bwd_native(dout, dlse, q, k, v, out, lse, mask,
+                                                   q_lengths, kv_lengths, seed, causal, scale,
+                                                   dropout_p, False)
 
 
 @torch.library.custom_op("fastattn::attention_varlen_fwd", mutates_args=())
@@ -98,9 +114,10 @@ def attention_varlen_bwd(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Ten
                                                      max_seqlen_k, seed, causal, scale,
                                                      dropout_p, deterministic)
     from .. import reference
-    grads = reference._attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q,
-                                            cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                                            scale, dropout_p, seed)
+    grads = reference._attention_varlen_bwd(
+        dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+        causal, scale, dropout_p, seed,
+        padded_bwd=_native_padded_bwd if backend == "cpu" else None)
     return tuple(torch.empty_like(t).copy_(g) for t, g in zip((q, k, v), grads))
 
 
