@@ -70,6 +70,7 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _checks
+from ._eager import direct_call_ok
 
 log = logging.getLogger("fastattn")
 
@@ -378,9 +379,12 @@ def _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale, 
 
     from .. import _rng
     seed = _rng.draw_seed(q.device) if dropout_p > 0 else None
-    out, lse = attention_fwd(_last_dim_contiguous(q), _last_dim_contiguous(k),
-                             _last_dim_contiguous(v), mask4, q_lengths, kv_lengths, seed,
-                             causal, scale, dropout_p, chosen, deterministic)
+    args = (_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), mask4,
+            q_lengths, kv_lengths, seed, causal, scale, dropout_p)
+    if direct_call_ok(q, k, v, mask4):  # inference: the backend itself (_eager.py)
+        out, lse = _run_fwd(chosen, *args, deterministic)
+    else:
+        out, lse = attention_fwd(*args, chosen, deterministic)
     return (out, lse) if return_lse else out
 
 

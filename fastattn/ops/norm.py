@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _checks, _rng
+from ._eager import direct_call_ok
 
 # ---------------------------------------------------------------- dispatch
 
@@ -158,7 +159,11 @@ def _norm(x, residual, weight, bias, eps, dropout_p, is_rms, prenorm, normalized
         t is not None and t.requires_grad for t in (x, residual, weight, bias))
     store_h = uses_h and (prenorm or needs_grad)
 
-    y, h, _, _ = norm_fwd(x2, res2, w1, b1, seed, eps, dropout_p, is_rms, store_h, backend)
+    args = (x2, res2, w1, b1, seed, eps, dropout_p, is_rms, store_h)
+    if direct_call_ok(x, residual, weight, bias):  # inference: the backend itself (_eager.py)
+        y, h, _, _ = _run_fwd(backend, *args)
+    else:
+        y, h, _, _ = norm_fwd(*args, backend)
     y = y.view(out_shape)
     if not prenorm:
         return y
