@@ -1,9 +1,12 @@
-"""Inference calls skip the torch.library op layer (fastattn/ops/_eager.py).
+"""Eager calls bypass the torch.library op layer (fastattn/ops/_eager.py).
 
-Without autograd, compile, dispatch modes or special tensors, the frontends
-call their backend directly (the op layer's Python wrapper costs more than
-a small kernel). These tests pin down when that happens and that it
-changes nothing: the same bits as through the op.
+In plain eager execution the frontends call their backend directly
+(inference) or through an autograd.Function equivalent to the op's
+registered autograd (training), because the op layer's Python wrapper
+costs more than a small kernel. These tests pin down when that happens and
+that it changes nothing: outputs and gradients are the same bits as
+through the op, which torch.compile, dispatch modes and functorch keep
+seeing.
 """
 
 from __future__ import annotations
@@ -29,49 +32,102 @@ def _qkv(device, requires_grad=False):
     return [t.requires_grad_(requires_grad) for t in (q, k, v)]
 
 
-def _forbid(monkeypatch, module, name):
-    def refuse(*args, **kwargs):
-        raise AssertionError(f"{name} was called")
-    monkeypatch.setattr(module, name, refuse)
+class _Forbidden:
+    """Replaces a custom op in its module; calling it fails the test."""
+
+    def __init__(self, monkeypatch, module, name):
+        self.real = getattr(module, name)
+        self.name = name
+        monkeypatch.setattr(module, name, self)
+
+    def __call__(self, *args, **kwargs):
+        raise AssertionError(f"{self.name} was called")
 
 
+def _attention_run(q, k, v, mask, backend, via_op):
+    """out, lse and the gradients of every leaf, through the op or not."""
+    lengths = torch.tensor([5, 13], device=q.device)
+    dout = torch.randn(q.shape, generator=torch.Generator().manual_seed(3)).to(q.device)
+    if via_op:  # a dispatch mode active: the frontend must take the op
+        with FastattnOpCounter() as counter:
+            out, lse = fastattn.attention(q, k, v, causal=True, attn_mask=mask,
+                                          kv_lengths=lengths, return_lse=True,
+                                          backend=backend)
+        assert counter.counts.get("attention_fwd") == 1
+    else:
+        out, lse = fastattn.attention(q, k, v, causal=True, attn_mask=mask, kv_lengths=lengths,
+                                      return_lse=True, backend=backend)
+    leaves = [t for t in (q, k, v, mask) if t is not None and t.requires_grad]
+    grads = torch.autograd.grad((out * dout).sum() + lse.sum(), leaves) if leaves else ()
+    return (out.detach(), lse.detach(), *grads)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("backend,device", ATTN)
-def test_attention_inference_is_direct_and_identical(backend, device, monkeypatch):
-    q, k, v = _qkv(device)
-    lengths = torch.tensor([5, 13], device=device)
-    kw = dict(causal=True, kv_lengths=lengths, return_lse=True, backend=backend)
-    via_op = attention_ops.attention_fwd(q, k, v, None, None, lengths, None, True,
-                                         16 ** -0.5, 0.0, backend, False)
-    _forbid(monkeypatch, attention_ops, "attention_fwd")
-    out, lse = fastattn.attention(q, k, v, **kw)
-    assert torch.equal(out, via_op[0]) and torch.equal(lse, via_op[1])
-    with torch.no_grad():
-        fastattn.attention(*_qkv(device, requires_grad=True), **kw)
+def test_attention_eager_path_equals_the_op(backend, device, training, monkeypatch):
+    def inputs():
+        q, k, v = _qkv(device, requires_grad=training)
+        mask = torch.randn(9, 13, generator=torch.Generator().manual_seed(2)).to(device)
+        mask.requires_grad_(training)
+        return q, k, v, mask
+    want = _attention_run(*inputs(), backend, via_op=True)
+    forbidden = _Forbidden(monkeypatch, attention_ops, "attention_fwd")
+    got = _attention_run(*inputs(), backend, via_op=False)
+    monkeypatch.setattr(attention_ops, "attention_fwd", forbidden.real)
+    assert len(got) == len(want) == (6 if training else 2)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("backend,device", ATTN)
-def test_attention_goes_through_the_op_when_needed(backend, device, monkeypatch):
-    _forbid(monkeypatch, attention_ops, "attention_fwd")
-    with pytest.raises(AssertionError, match="attention_fwd was called"):
-        fastattn.attention(*_qkv(device, requires_grad=True), backend=backend)
-    with FastattnOpCounter(), pytest.raises(AssertionError, match="attention_fwd was called"):
-        fastattn.attention(*_qkv(device), backend=backend)
-    mask = torch.zeros(9, 13, device=device, requires_grad=True)
-    with pytest.raises(AssertionError, match="attention_fwd was called"):
-        fastattn.attention(*_qkv(device), attn_mask=mask, backend=backend)
-
-
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("backend,device", NORM)
-def test_norm_inference_is_direct_and_identical(backend, device, monkeypatch):
+def test_norm_eager_path_equals_the_op(backend, device, training, monkeypatch):
     g = torch.Generator().manual_seed(1)
-    x, r = (torch.randn(6, 40, generator=g).to(device) for _ in range(2))
-    w = torch.nn.Parameter(torch.randn(40, generator=g).to(device), requires_grad=False)
-    via_op = norm_ops.norm_fwd(x, r, w, None, None, 1e-5, 0.0, False, True, backend)
-    _forbid(monkeypatch, norm_ops, "norm_fwd")
-    y, h = fastattn.add_layer_norm(x, r, w, None, eps=1e-5, prenorm=True, backend=backend)
-    assert torch.equal(y, via_op[0]) and torch.equal(h, via_op[1])
-    w.requires_grad_(True)
-    with pytest.raises(AssertionError, match="norm_fwd was called"):
-        fastattn.add_layer_norm(x, r, w, None, eps=1e-5, backend=backend)
-    with torch.no_grad():
-        fastattn.add_layer_norm(x, r, w, None, eps=1e-5, backend=backend)
+    base = [torch.randn(6, 40, generator=g).to(device) for _ in range(2)]
+    w0 = torch.randn(40, generator=g).to(device)
+    dy = torch.randn(6, 40, generator=g).to(device)
+
+    def run(via_op):
+        x, r = (t.clone().requires_grad_(training) for t in base)
+        w = torch.nn.Parameter(w0.clone(), requires_grad=training)
+        if via_op:
+            with FastattnOpCounter() as counter:
+                y, h = fastattn.add_layer_norm(x, r, w, None, eps=1e-5, prenorm=True,
+                                               backend=backend)
+            assert counter.counts.get("norm_fwd") == 1
+        else:
+            y, h = fastattn.add_layer_norm(x, r, w, None, eps=1e-5, prenorm=True,
+                                           backend=backend)
+        grads = torch.autograd.grad((y * dy).sum() + h.sum(), (x, r, w)) if training else ()
+        return (y.detach(), h.detach(), *grads)
+    want = run(via_op=True)
+    forbidden = _Forbidden(monkeypatch, norm_ops, "norm_fwd")
+    got = run(via_op=False)
+    monkeypatch.setattr(norm_ops, "norm_fwd", forbidden.real)
+    assert len(got) == len(want) == (5 if training else 2)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+def test_compile_and_functorch_keep_the_op(backend, device):
+    """The op stays where tracing or transforms need it."""
+    q, k, v = _qkv(device)
+    torch._dynamo.reset()
+    with FastattnOpCounter() as counter:  # (also a dispatch mode: the op is taken)
+        fastattn.attention(q, k, v, backend=backend)
+    assert counter.counts == {"attention_fwd": 1}
+    from fastattn.ops import _eager
+    assert _eager.eager_ok(q)
+
+    def probe(x):
+        assert not _eager.eager_ok(x)
+        return x.sum()
+    torch.func.grad(probe)(q)
+    seen = []
+
+    def traced(x):
+        seen.append(_eager.eager_ok(x))
+        return x + 1
+    torch.compile(traced, backend="eager", fullgraph=True)(q)
+    assert seen == [False]

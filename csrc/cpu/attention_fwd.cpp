@@ -49,7 +49,8 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
   const A scale = static_cast<A>(pb.scale);
   const A drop_scale = static_cast<A>(pb.drop.scale);
 
-  // Per-thread scratch: scale * Q^T of the block (D x BM), the key-major
+  // Per-thread scratch: scale * Q^T of the block (D x BM; scale * Q, rows x
+  // D, for a block that forms its scores as dot products), the key-major
   // score tile (BN x BM), K and V tiles widened from 16-bit inputs (BN x D
   // each), the output accumulator (BM x D), per-query running max, sum,
   // shift, rescale factor and tile sum, and dropout keys.

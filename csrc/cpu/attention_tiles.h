@@ -104,8 +104,9 @@ FASTATTN_INLINE void gemm_block(int64_t K, const A* __restrict a, int64_t sam, i
 
 // C (M x N) (+)= A (M x K) * B (K x N), layouts as in gemm_block. VB is the
 // vector width in bytes of the target: register blocks of MR rows by two
-// vectors (MR = 12 with AVX-512's 32 registers, else 4); a remainder of
-// columns narrower than two vectors goes one row at a time.
+// vectors (MR = 12 with AVX-512's 32 registers, else 4; fewer than 4 rows
+// take four vectors per row instead, for more independent sums); then one
+// vector of columns, then what is left of a vector one row at a time.
 template <int VB, typename A>
 FASTATTN_INLINE void gemm_acc(int64_t M, int64_t N, int64_t K, const A* a, int64_t sam,
                               int64_t sak, const A* b, int64_t ldb, A* c, int64_t ldc,

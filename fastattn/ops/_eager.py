@@ -1,11 +1,13 @@
-"""When a call may skip the ``torch.library`` op layer.
+"""When a call may bypass the ``torch.library`` op layer.
 
 Each public function reaches its kernels through a ``torch.library`` custom
-op, which is what torch.compile, fake tensors, dispatch modes and autograd
-see. Going through that layer's Python wrapper costs about 20 us per call,
-several times a small kernel's run time (decoding, tiny models). When none
-of what it provides is needed, the frontend calls the backend directly:
-the same kernels with the same arguments, so the results are identical.
+op, which is what torch.compile, fake tensors, dispatch modes and
+functorch see. Its Python wrapper costs about 20 us per call without
+autograd and about 60 us with it, several times a small kernel's run time
+(decoding, small models). In plain eager execution none of what it
+provides is needed, so the frontends call the backend directly (inference)
+or through an equivalent ``torch.autograd.Function`` (training): the same
+kernels with the same arguments, so the same results.
 """
 
 from __future__ import annotations
@@ -16,19 +18,18 @@ import torch
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
-def direct_call_ok(*tensors) -> bool:
-    """True when the op layer would add nothing: eager execution (no
-    torch.compile tracing), no autograd graph to record (grad mode off or no
-    input requiring grad), plain tensors (no fake, meta or subclass
-    tensors), and no dispatch mode or functorch transform active."""
+def eager_ok(*tensors) -> bool:
+    """True in plain eager execution: no torch.compile tracing, no dispatch
+    mode or functorch transform active, plain tensors (no fake, meta or
+    subclass tensors). None entries are skipped."""
     if torch.compiler.is_compiling():
         return False
     if torch._C._len_torch_dispatch_stack() or torch._C._functorch.peek_interpreter_stack():
         return False
-    grad = torch.is_grad_enabled()
-    for t in tensors:
-        if t is None:
-            continue
-        if type(t) not in _PLAIN or t.is_meta or (grad and t.requires_grad):
-            return False
-    return True
+    return all(t is None or (type(t) in _PLAIN and not t.is_meta) for t in tensors)
+
+
+def needs_grad(*tensors) -> bool:
+    """Whether autograd records this call: grad mode on and some input
+    requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

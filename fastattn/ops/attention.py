@@ -70,7 +70,7 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _checks
-from ._eager import direct_call_ok
+from ._eager import eager_ok, needs_grad
 
 log = logging.getLogger("fastattn")
 
@@ -206,7 +206,9 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (causal, scale, dropout_p, backend, deterministic)
 
 
-def _backward(ctx, dout, dlse):
+def _backward(ctx, dout, dlse, bwd=None):
+    """Autograd of attention_fwd; `bwd` replaces the attention_bwd op (same
+    arguments) on the eager path."""
     q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed = ctx.saved_tensors
     causal, scale, dropout_p, backend, deterministic = ctx.config
     mask_grad = (attn_mask is not None and attn_mask.is_floating_point()
@@ -215,14 +217,35 @@ def _backward(ctx, dout, dlse):
         dout = dout.contiguous()
     if dlse is not None:
         dlse = dlse.contiguous()
-    dq, dk, dv, dmask = attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths,
-                                      kv_lengths, seed, causal, scale, dropout_p, mask_grad,
-                                      backend, deterministic)
+    dq, dk, dv, dmask = (bwd or attention_bwd)(dout, dlse, q, k, v, out, lse, attn_mask,
+                                               q_lengths, kv_lengths, seed, causal, scale,
+                                               dropout_p, mask_grad, backend, deterministic)
     return (dq, dk, dv, dmask if mask_grad else None,
             None, None, None, None, None, None, None, None)
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _bwd_direct(*args):
+    """attention_bwd's arguments, straight to the backend (no op layer)."""
+    *rest, backend, deterministic = args
+    return _run_bwd(backend, *rest, deterministic)
+
+
+class _AttentionFunction(torch.autograd.Function):
+    """attention_fwd and its registered autograd, minus the op layer: the
+    eager training path (fastattn/ops/_eager.py)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        out, lse = _run_fwd(inputs[-2], *inputs[:-2], inputs[-1])
+        _setup_context(ctx, inputs, (out, lse))
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        return _backward(ctx, dout, dlse, bwd=_bwd_direct)
 
 
 # ------------------------------------------------------------------ checks
@@ -381,10 +404,12 @@ def _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale, 
     seed = _rng.draw_seed(q.device) if dropout_p > 0 else None
     args = (_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), mask4,
             q_lengths, kv_lengths, seed, causal, scale, dropout_p)
-    if direct_call_ok(q, k, v, mask4):  # inference: the backend itself (_eager.py)
-        out, lse = _run_fwd(chosen, *args, deterministic)
-    else:
+    if not eager_ok(q, k, v, mask4):
         out, lse = attention_fwd(*args, chosen, deterministic)
+    elif needs_grad(q, k, v, mask4):  # the op's autograd without its layer (_eager.py)
+        out, lse = _AttentionFunction.apply(*args, chosen, deterministic)
+    else:  # inference: the backend itself
+        out, lse = _run_fwd(chosen, *args, deterministic)
     return (out, lse) if return_lse else out
 
 

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _checks, _rng
-from ._eager import direct_call_ok
+from ._eager import eager_ok, needs_grad
 
 # ---------------------------------------------------------------- dispatch
 
@@ -109,13 +109,16 @@ def _setup_context(ctx, inputs, output):
     ctx.config = (dropout_p, is_rms, residual is not None, backend)
 
 
-def _backward(ctx, dy, dh_out, _dmean, _drstd):
+def _backward(ctx, dy, dh_out, _dmean, _drstd, bwd=None):
+    """Autograd of norm_fwd; `bwd` replaces the norm_bwd op (same arguments)
+    on the eager path."""
     normalized, weight, bias, mean, rstd, seed = ctx.saved_tensors
     dropout_p, is_rms, has_residual, backend = ctx.config
     if dh_out is not None and dh_out.numel() == 0:
         dh_out = None
-    dx, dres, dw, db = norm_bwd(dy.contiguous(), dh_out, normalized, weight, bias, mean, rstd,
-                                seed, dropout_p, is_rms, has_residual, backend)
+    dx, dres, dw, db = (bwd or norm_bwd)(dy.contiguous(), dh_out, normalized, weight, bias,
+                                         mean, rstd, seed, dropout_p, is_rms, has_residual,
+                                         backend)
     if has_residual and dres.numel() == 0:
         dres = dx
     return (dx, dres if has_residual else None, dw if weight is not None else None,
@@ -123,6 +126,26 @@ def _backward(ctx, dy, dh_out, _dmean, _drstd):
 
 
 norm_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _bwd_direct(*args):
+    """norm_bwd's arguments, straight to the backend (no op layer)."""
+    return _run_bwd(args[-1], *args[:-1])
+
+
+class _NormFunction(torch.autograd.Function):
+    """norm_fwd and its registered autograd, minus the op layer: the eager
+    training path (fastattn/ops/_eager.py)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):
+        outputs = _run_fwd(inputs[-1], *inputs[:-1])
+        _setup_context(ctx, inputs, outputs)
+        return outputs
+
+    @staticmethod
+    def backward(ctx, dy, dh_out, dmean, drstd):
+        return _backward(ctx, dy, dh_out, dmean, drstd, bwd=_bwd_direct)
 
 
 # ----------------------------------------------------------------- frontend
@@ -155,15 +178,16 @@ def _norm(x, residual, weight, bias, eps, dropout_p, is_rms, prenorm, normalized
     b1 = bias.reshape(n).contiguous() if bias is not None else None
     seed = _rng.draw_seed(x.device) if dropout_p > 0 else None
     uses_h = residual is not None or dropout_p > 0
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, residual, weight, bias))
-    store_h = uses_h and (prenorm or needs_grad)
+    grad = needs_grad(x, residual, weight, bias)
+    store_h = uses_h and (prenorm or grad)
 
     args = (x2, res2, w1, b1, seed, eps, dropout_p, is_rms, store_h)
-    if direct_call_ok(x, residual, weight, bias):  # inference: the backend itself (_eager.py)
-        y, h, _, _ = _run_fwd(backend, *args)
-    else:
+    if not eager_ok(x, residual, weight, bias):
         y, h, _, _ = norm_fwd(*args, backend)
+    elif grad:  # the op's autograd without its layer (_eager.py)
+        y, h, _, _ = _NormFunction.apply(*args, backend)
+    else:  # inference: the backend itself
+        y, h, _, _ = _run_fwd(backend, *args)
     y = y.view(out_shape)
     if not prenorm:
         return y
