@@ -524,3 +524,17 @@ def test_bad_input_mixed_devices(name):
     args[name] = args[name].cpu()
     with pytest.raises(ValueError, match=rf"^{name}\b"):
         fastattn.add_layer_norm(x, args["residual"], args["weight"], args["bias"])
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_prenorm_only_h_used(backend, device):
+    # The normalized output unused: its gradient reaches the backward as None
+    # (outputs' gradients are not materialized), h's gradient flows to x and
+    # the residual alone.
+    g = torch.Generator().manual_seed(4)
+    x, r = (torch.randn(5, 24, generator=g).to(device).requires_grad_() for _ in range(2))
+    w = torch.randn(24, generator=g).to(device).requires_grad_()
+    y, h = fastattn.add_layer_norm(x, r, w, None, prenorm=True, backend=backend)
+    dh = torch.randn(5, 24, generator=g).to(device)
+    gx, gr = torch.autograd.grad((h * dh).sum(), (x, r))
+    assert torch.equal(gx, dh) and torch.equal(gr, dh)

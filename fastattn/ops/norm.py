@@ -107,6 +107,9 @@ def _setup_context(ctx, inputs, output):
     normalized = h if store_h else x  # without residual or dropout, h is x itself
     ctx.save_for_backward(normalized, weight, bias, mean, rstd, seed)
     ctx.config = (dropout_p, is_rms, residual is not None, backend)
+    # Outputs the caller did not use (h when not prenorm, mean, rstd) get
+    # None as gradient, not a tensor of zeros to fill and then read.
+    ctx.set_materialize_grads(False)
 
 
 def _backward(ctx, dy, dh_out, _dmean, _drstd, bwd=None):
@@ -114,6 +117,8 @@ def _backward(ctx, dy, dh_out, _dmean, _drstd, bwd=None):
     on the eager path."""
     normalized, weight, bias, mean, rstd, seed = ctx.saved_tensors
     dropout_p, is_rms, has_residual, backend = ctx.config
+    if dy is None:  # only h was used
+        dy = torch.zeros_like(normalized)
     if dh_out is not None and dh_out.numel() == 0:
         dh_out = None
     dx, dres, dw, db = (bwd or norm_bwd)(dy.contiguous(), dh_out, normalized, weight, bias,
