@@ -226,15 +226,7 @@ FASTATTN_TARGET_AVX512 void bwd_avx512(const BwdParams<T>& p, const Split<acc_t<
 template <typename T>
 void attention_bwd_kernel(const BwdParams<T>& p) {
   using A = acc_t<T>;
-  using Range = void (*)(const BwdParams<T>&, const Split<A>&, int64_t, int64_t);
-  Range range = &bwd_default<T>;
-#if FASTATTN_X86_VARIANTS
-  switch (cpu_isa()) {
-    case Isa::kAvx512: range = &bwd_avx512<T>; break;
-    case Isa::kAvx2: range = &bwd_avx2<T>; break;
-    default: break;
-  }
-#endif
+  const auto range = FASTATTN_PICK_VARIANT(bwd, T);
   const Problem& pb = p.pb;
   const int64_t heads = pb.B * pb.Hkv;
   if (heads == 0) return;

@@ -194,14 +194,7 @@ void attention_fwd_kernel(const FwdParams<T>& p) {
   const Problem& pb = p.pb;
   const int64_t items = pb.B * pb.Hq * ((pb.Lq + kBlockM - 1) / kBlockM);
   if (items == 0) return;
-  void (*range)(const FwdParams<T>&, int64_t, int64_t) = &fwd_range_default<T>;
-#if FASTATTN_X86_VARIANTS
-  switch (cpu_isa()) {
-    case Isa::kAvx512: range = &fwd_range_avx512<T>; break;
-    case Isa::kAvx2: range = &fwd_range_avx2<T>; break;
-    default: break;
-  }
-#endif
+  const auto range = FASTATTN_PICK_VARIANT(fwd_range, T);
   at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { range(p, begin, end); });
 }
 

@@ -62,5 +62,22 @@ inline Isa cpu_isa() {
   return isa;
 }
 
+#if FASTATTN_X86_VARIANTS
+// The variant to run of a function compiled as NAME_default, NAME_avx2 and
+// NAME_avx512 (templates on T): FASTATTN_PICK_VARIANT(NAME, T).
+template <typename F>
+F pick_variant(F fallback, F avx2, F avx512) {
+  switch (cpu_isa()) {
+    case Isa::kAvx512: return avx512;
+    case Isa::kAvx2: return avx2;
+    default: return fallback;
+  }
+}
+#define FASTATTN_PICK_VARIANT(NAME, T) \
+  ::fastattn::cpu::pick_variant(&NAME##_default<T>, &NAME##_avx2<T>, &NAME##_avx512<T>)
+#else
+#define FASTATTN_PICK_VARIANT(NAME, T) (&NAME##_default<T>)
+#endif
+
 }  // namespace cpu
 }  // namespace fastattn

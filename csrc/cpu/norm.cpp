@@ -234,16 +234,6 @@ template <typename T>
 FASTATTN_TARGET_AVX512 void fwd_rows_avx512(const FwdCtx<T>& cx, int64_t begin, int64_t end) {
   fwd_rows<T>(cx, begin, end);
 }
-
-// The variant of a row loop for this CPU (cpu_isa.h).
-template <typename F>
-F pick_variant(F fallback, F avx2, F avx512) {
-  switch (cpu_isa()) {
-    case Isa::kAvx512: return avx512;
-    case Isa::kAvx2: return avx2;
-    default: return fallback;
-  }
-}
 #endif
 
 template <typename T>
@@ -251,11 +241,7 @@ void norm_fwd_impl(const norm_args::FwdInputs& in, const std::optional<at::Tenso
                    double eps, double dropout_p, bool is_rms, at::Tensor& y, at::Tensor& h,
                    at::Tensor& mean, at::Tensor& rstd) {
   const FwdCtx<T> cx(in, seed_t, eps, dropout_p, is_rms, y, h, mean, rstd);
-#if FASTATTN_X86_VARIANTS
-  auto rows = pick_variant(&fwd_rows_default<T>, &fwd_rows_avx2<T>, &fwd_rows_avx512<T>);
-#else
-  auto rows = &fwd_rows_default<T>;
-#endif
+  const auto rows = FASTATTN_PICK_VARIANT(fwd_rows, T);
   const int64_t grain = std::max<int64_t>(1, kGrainElements / in.n);
   at::parallel_for(0, in.m, grain, [&](int64_t begin, int64_t end) { rows(cx, begin, end); });
 }
@@ -412,11 +398,7 @@ void norm_bwd_impl(const norm_args::BwdInputs& in, const std::optional<at::Tenso
   cx.db_part = db_part.data();
   const int64_t blocks = cx.blocks;
   const int64_t block_grain = std::max<int64_t>(1, kGrainElements / ((m / blocks) * n));
-#if FASTATTN_X86_VARIANTS
-  auto run = pick_variant(&bwd_blocks_default<T>, &bwd_blocks_avx2<T>, &bwd_blocks_avx512<T>);
-#else
-  auto run = &bwd_blocks_default<T>;
-#endif
+  const auto run = FASTATTN_PICK_VARIANT(bwd_blocks, T);
   at::parallel_for(0, blocks, block_grain, [&](int64_t b0, int64_t b1) { run(cx, b0, b1); });
 
   // Sum the block partials in block order: deterministic.
