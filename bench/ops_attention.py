@@ -116,8 +116,9 @@ def _slices(s: dict) -> list[tuple[slice, slice, slice]]:
 
 
 def _gate(s: dict):
-    """GUIDE.md protocol: fastattn vs fastattn.reference in fp64, with eager
-    PyTorch's error in the same dtype as the yardstick; forward and dq/dk/dv."""
+    """The accuracy protocol (docs/TESTING.md): fastattn vs fastattn.reference
+    in fp64, with eager PyTorch's error in the same dtype as the yardstick;
+    forward and dq/dk/dv."""
     from fastattn import reference
     from fastattn.testing import check_close
 

@@ -68,8 +68,9 @@ def _grad_names(s: dict) -> tuple[str, ...]:
 
 
 def _gate(s: dict):
-    """GUIDE.md protocol over row chunks: fastattn vs the fp64 reference,
-    with plain PyTorch's error in the same dtype as the yardstick."""
+    """The accuracy protocol (docs/TESTING.md) over row chunks: fastattn vs the
+    fp64 reference, with plain PyTorch's error in the same dtype as the
+    yardstick."""
     from fastattn import reference
     from fastattn.testing import check_close
     names = _grad_names(s)

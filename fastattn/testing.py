@@ -1,4 +1,4 @@
-"""GUIDE.md's accuracy protocol, importable by the tests and the benchmark.
+"""the accuracy protocol of docs/TESTING.md, importable by the tests and the benchmark.
 
 A kernel's output in a low precision is judged against the float64 truth
 (fastattn.reference on float64 inputs): its error must be at most a small

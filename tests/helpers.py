@@ -1,4 +1,4 @@
-"""Shared test helpers: GUIDE.md's accuracy protocol and backend parametrization.
+"""Shared test helpers: the accuracy protocol of docs/TESTING.md and backend parametrization.
 
 A kernel's output in a low precision is judged against the float64 truth
 (fastattn.reference on float64 inputs): its error must be at most a small

@@ -3,7 +3,7 @@
 Under the interpreter FASTATTN_SPLIT_KV=1 forces the split path (the shape
 heuristic only splits on a GPU); on a GPU the heuristic chooses it by
 itself for the long-key cases. Output and lse are judged against the fp64
-reference by GUIDE.md's protocol; gradients go through the normal backward
+reference by the accuracy protocol (docs/TESTING.md); gradients go through the normal backward
 from the split forward's out and lse.
 """
 

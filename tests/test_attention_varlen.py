@@ -92,7 +92,8 @@ def test_varlen_equals_padded(backend, device, B, Hkv, group, D, causal, cross, 
 @pytest.mark.parametrize("backend,device", BACKENDS)
 @pytest.mark.parametrize("causal", [False, True])
 def test_varlen_against_reference(backend, device, causal):
-    # GUIDE.md protocol against the fp64 reference, fp16 inputs, GQA, cross.
+    # The accuracy protocol (docs/TESTING.md) against the fp64 reference: fp16
+    # inputs, GQA, cross.
     lq, lk = [9, 0, 33, 1], [12, 5, 30, 17]
     cu_q = torch.tensor([0, 9, 9, 42, 43], dtype=torch.int32, device=device)
     cu_k = torch.tensor([0, 12, 17, 47, 64], dtype=torch.int32, device=device)

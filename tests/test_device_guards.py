@@ -6,7 +6,7 @@ layer_norm and add_rms_norm with dropout, forward and backward:
 
 - test_other_device_is_current (two GPUs): tensors on one device while the
   other is current, both ways round. Results are judged against
-  fastattn.reference on the same device (GUIDE.md's protocol), outputs and
+  fastattn.reference on the same device (the accuracy protocol, docs/TESTING.md), outputs and
   gradients must live on the inputs' device, the current device must be
   unchanged afterwards.
 - test_side_stream (one GPU): the same inside `torch.cuda.stream(s)`; the

@@ -1,7 +1,7 @@
 """fastattn.nn.LayerNorm / RMSNorm against torch.nn.LayerNorm / RMSNorm.
 
 Same constructor, same state_dict (keys and values), and outputs and
-gradients that match torch's module by GUIDE.md's protocol: each is judged
+gradients that match torch's module by the accuracy protocol (docs/TESTING.md): each is judged
 against torch's module in float64, with torch's own float32 error as the
 yardstick.
 """

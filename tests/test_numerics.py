@@ -1,7 +1,7 @@
 """Numerical edge cases: huge and -inf scores, fp16 score overflow, fully
 masked rows and batches, length 1, NaN/inf inputs, > 2^31 elements (GPU).
 
-Accuracy follows GUIDE.md's protocol (fp64 truth, tolerance from plain
+Accuracy follows the protocol of docs/TESTING.md (fp64 truth, tolerance from plain
 PyTorch's own error). Non-finite inputs must propagate as PyTorch's own ops
 propagate them (same non-finite positions) and never leak into other batch
 rows: those must equal, to the last bit where the kernels are deterministic,

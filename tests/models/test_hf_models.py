@@ -3,8 +3,8 @@ and generated tokens as the original, and the swapped model runs fastattn.
 
 Every model is tiny, built from its config class with random weights
 (tests/models/hf_cases.py); nothing is downloaded. Accuracy follows
-GUIDE.md: the swapped model in float32 against the original in float64 (the
-truth), within a small multiple of the original's own float32 error.
+docs/TESTING.md: the swapped model in float32 against the original in float64
+(the truth), within a small multiple of the original's own float32 error.
 """
 
 import copy
@@ -64,7 +64,7 @@ def _reference_runs(case, original, batch):
 
 
 def _close(actual, truth, bases, name, floor=0.0):
-    """GUIDE.md's protocol at the model level: the baseline is the less
+    """The accuracy protocol (docs/TESTING.md) at the model level: the baseline is the less
     accurate of PyTorch's two float32 attention paths (through a whole model
     rounding errors propagate chaotically; two implementations show how far
     they spread). `floor` covers results that are 0 in exact arithmetic."""
