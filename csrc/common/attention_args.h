@@ -114,14 +114,16 @@ inline Inputs inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 }
 
 // Outputs of attention_fwd_native: out like q (its layout when q is dense),
-// lse (B, Hq, Lq) contiguous in stat_dtype.
-inline std::tuple<at::Tensor, at::Tensor> fwd_outputs(const Inputs& in) {
-  return {at::empty_like(in.q),
-          at::empty({in.B, in.Hq, in.Lq}, in.q.options().dtype(stat_dtype(in.q.scalar_type())))};
+// lse (B, Hq, Lq) contiguous in `lse_dtype` (stat_dtype, or float64 where a
+// backend keeps it exact: the cpu backend).
+inline std::tuple<at::Tensor, at::Tensor> fwd_outputs(const Inputs& in,
+                                                      at::ScalarType lse_dtype) {
+  return {at::empty_like(in.q), at::empty({in.B, in.Hq, in.Lq}, in.q.options().dtype(lse_dtype))};
 }
 
 // The backward's extra inputs after checks: dout and out with a contiguous
-// last dim, lse contiguous, dlse undefined or contiguous in lse's dtype.
+// last dim, lse contiguous (stat_dtype or float64), dlse undefined or
+// contiguous in stat_dtype.
 struct BwdExtras {
   at::Tensor dout, dlse, out, lse;
 };
@@ -138,10 +140,11 @@ inline BwdExtras bwd_extras(const Inputs& in, const at::Tensor& dout,
               ", got ", out.sizes());
   const at::ScalarType sd = stat_dtype(in.q.scalar_type());
   const std::vector<int64_t> row_shape = {in.B, in.Hq, in.Lq};
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef(row_shape) && lse.scalar_type() == sd &&
+  TORCH_CHECK(lse.sizes() == at::IntArrayRef(row_shape) &&
+                  (lse.scalar_type() == sd || lse.scalar_type() == at::kDouble) &&
                   lse.device() == in.q.device(),
-              "lse must be ", sd, " of shape (B, Hq, Lq) on ", in.q.device(), ", got ",
-              lse.scalar_type(), " of shape ", lse.sizes(), " on ", lse.device());
+              "lse must be ", sd, " (or float64) of shape (B, Hq, Lq) on ", in.q.device(),
+              ", got ", lse.scalar_type(), " of shape ", lse.sizes(), " on ", lse.device());
   if (dlse.has_value()) {
     TORCH_CHECK(dlse->sizes() == at::IntArrayRef(row_shape) && dlse->device() == in.q.device(),
                 "dlse must have the shape of lse (B, Hq, Lq) on ", in.q.device(), ", got ",

@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <limits>
 #include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "common/attention_args.h"
@@ -97,7 +98,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(
     bool causal, double scale, double dropout_p) {
   const attention_args::Inputs in =
       attention_args::inputs(q, k, v, attn_mask, q_lengths, kv_lengths, seed, dropout_p);
-  auto [out, lse] = attention_args::fwd_outputs(in);
+  // lse in float64: see FwdParams::lse (attention_cpu.h).
+  auto [out, lse] = attention_args::fwd_outputs(in, at::kDouble);
   const std::vector<int64_t> q_len = clamped_lengths(in.q_lengths, in.B, in.Lq);
   const std::vector<int64_t> kv_len = clamped_lengths(in.kv_lengths, in.B, in.Lk);
   const Problem pb = problem(in, q_len, kv_len, seed, causal, scale, dropout_p);
@@ -109,7 +111,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(
     p.k = in.k.data_ptr<T>();
     p.v = in.v.data_ptr<T>();
     p.out = out.data_ptr<T>();
-    p.lse = lse.data_ptr<tiles::acc_t<T>>();
+    p.lse = lse.data_ptr<double>();
     p.qs = strides_of(in.q);
     p.ks = strides_of(in.k);
     p.vs = strides_of(in.v);
@@ -135,11 +137,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
   const Problem pb = problem(in, q_len, kv_len, seed, causal, scale, dropout_p);
 
   // delta_i = dout_i . out_i - dlse_i (dlse only where lse is finite: rows
-  // with lse = -inf have p = 0 and must not pick up NaN from it).
-  const at::ScalarType sd = ex.lse.scalar_type();
-  at::Tensor delta = ex.dout.to(sd).mul(ex.out.to(sd)).sum(-1);
-  if (ex.dlse.defined()) delta = delta.sub(at::where(at::isfinite(ex.lse), ex.dlse, 0));
-  delta = delta.contiguous();
+  // with lse = -inf have p = 0 and must not pick up NaN from it). Summed in
+  // float64: delta is the stand-in for sum_j p_ij dp_ij, from which
+  // ds_ij = p_ij (dp_ij - delta_i) subtracts dp_ij; where attention is
+  // concentrated (ALiBi, causal) the two nearly cancel, and a float sum's
+  // rounding of delta would become most of ds.
+  const at::ScalarType sd = attention_args::stat_dtype(in.q.scalar_type());
+  at::Tensor delta = ex.dout.to(at::kDouble).mul(ex.out.to(at::kDouble)).sum(-1);
+  at::Tensor dlse_finite;
+  if (ex.dlse.defined()) {
+    dlse_finite = at::where(at::isfinite(ex.lse), ex.dlse, 0).to(sd).contiguous();
+    delta = delta.sub(dlse_finite);
+  }
+  delta = delta.to(sd).contiguous();
+  // A float32 lse (attention_varlen packs the padded one) is read as float64.
+  const at::Tensor lse64 = ex.lse.to(at::kDouble);
 
   dispatch_float(in.q.scalar_type(), "attention_bwd_native", [&](auto tag) {
     using T = decltype(tag);
@@ -150,12 +162,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
     p.k = in.k.data_ptr<T>();
     p.v = in.v.data_ptr<T>();
     p.dout = ex.dout.data_ptr<T>();
-    p.lse = ex.lse.data_ptr<A>();
+    p.lse = lse64.data_ptr<double>();
     p.delta = delta.data_ptr<A>();
     p.dq = dq.data_ptr<T>();
     p.dk = dk.data_ptr<T>();
     p.dv = dv.data_ptr<T>();
     p.dbias = dbias.defined() ? dbias.data_ptr<A>() : nullptr;
+    // float32 with an additive mask: where the bias concentrates attention,
+    // delta's rounding would dominate dq (attention_bwd.cpp). Half inputs
+    // compute in float32, far beyond their own precision; float64 needs none.
+    p.own_delta_dq = std::is_same_v<T, float> && in.mask.defined() && !in.mask_is_bool;
+    p.dlse = dlse_finite.defined() ? dlse_finite.data_ptr<A>() : nullptr;
     p.qs = strides_of(in.q);
     p.ks = strides_of(in.k);
     p.vs = strides_of(in.v);

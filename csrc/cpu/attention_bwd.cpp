@@ -2,7 +2,8 @@
 //
 // With s, the masked scaled scores, and keep_ij / (1 - p_drop) = z_ij the
 // dropout factor (1 without dropout), per (i, j):
-//     p_ij  = e^(s_ij - lse_i)             (0 where s = -inf or lse = -inf)
+//     p_ij  = e^(s_ij - lse_i)             (0 where s = -inf or lse = -inf;
+//                                           lse in float64, see below)
 //     dp_ij = z_ij (dout_i . v_j)
 //     ds_ij = p_ij (dp_ij - delta_i),      delta_i = dout_i . out_i - dlse_i
 //     dq_i  = c sum_j ds_ij k_j,   dk_j = c sum_i ds_ij q_i,
@@ -20,6 +21,17 @@
 // chunk count depends on the problem's shape only (enough items for the
 // threads of any machine), so the result is bitwise the same whatever the
 // thread count.
+//
+// Own delta for dq (p.own_delta_dq: float32 with a float mask). delta_i
+// stands in for sum_j p_ij dp_ij, and where attention is concentrated (a
+// large additive bias such as ALiBi, with causal) dp_ij - delta_i nearly
+// cancels: delta's own rounding, which the dp_ij do not share, then becomes
+// most of ds. PyTorch's softmax backward has no such mismatch (it sums
+// p dp itself), so its dq is up to 3x more accurate there. dq factors as
+//     dq_i = c (sum_j p_ij (dp_ij - delta_i) k_j + (delta_i - C_i) B_i),
+//     C_i = sum_j p_ij dp_ij - dlse_i,   B_i = sum_j p_ij k_j,
+// which is dq with the row's own sum C_i in place of delta_i: one more tile
+// product (B), only on those calls.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -48,6 +60,8 @@ struct Split {
   int64_t chunks = 1;          // chunks per (b, kv head)
   int64_t blocks = 1;          // key blocks per chunk
   A* dq_part = nullptr;        // (chunks, B, Hq, Lq, D) partial dq when chunks > 1
+  A* b_part = nullptr;         // the same for B (own delta, see above)
+  double* c_part = nullptr;    // (chunks, B, Hq, Lq) partial C (own delta)
 };
 
 template <typename T>
@@ -63,6 +77,21 @@ FASTATTN_INLINE void store_rows(T* base, int64_t stride, int64_t r0, int64_t row
     T* __restrict o = base + (r0 + i) * stride;
     const A* __restrict a = acc + i * D;
     for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(a[d] * factor);
+  }
+}
+
+// dq_acc[i] += (delta_i - (sum_j p dp - dlse_i)) B_i for rows i < rows
+// (own delta, see above); c_sum holds sum_j p dp, dlse may be null.
+template <typename A>
+FASTATTN_INLINE void own_delta_correction(A* dq_acc, const A* b_acc, const A* delta,
+                                          const A* dlse, const double* c_sum, int64_t rows,
+                                          int64_t D) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const double own = c_sum[i] - (dlse != nullptr ? static_cast<double>(dlse[i]) : 0.0);
+    const A f = static_cast<A>(static_cast<double>(delta[i]) - own);
+    A* __restrict o = dq_acc + i * D;
+    const A* __restrict bi = b_acc + i * D;
+    for (int64_t d = 0; d < D; ++d) o[d] += f * bi[d];
   }
 }
 
@@ -82,9 +111,12 @@ FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
   // Per-thread scratch. Chunk-wide: K and V rows widened from 16-bit inputs,
   // dk and dv accumulators (chunk_keys x D each). Per query block: c Q^T and
   // dout^T (D x BM), q and dout rows widened (BM x D), the dq accumulator
-  // (BM x D), p, dp and dropped-p tiles (BN x BM), lse shift, delta, keys.
-  std::vector<A> buf(static_cast<size_t>(4 * chunk_keys * D + 2 * D * BM + 3 * BM * D +
-                                         3 * BN * BM + 2 * BM));
+  // (BM x D), p, dp and dropped-p tiles (BN x BM), lse shift (two parts),
+  // delta, keys; with own delta the B accumulator (BM x D) and C (BM).
+  const bool own_delta = p.own_delta_dq;
+  std::vector<A> buf(static_cast<size_t>(4 * chunk_keys * D + 2 * D * BM + 4 * BM * D +
+                                         3 * BN * BM + 3 * BM));
+  std::vector<double> c_buf(static_cast<size_t>(BM));
   A* kw = buf.data();
   A* vw = kw + chunk_keys * D;
   A* dk_acc = vw + chunk_keys * D;
@@ -98,7 +130,10 @@ FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
   A* dpt = pt + BN * BM;
   A* pdt = dpt + BN * BM;
   A* shift = pdt + BN * BM;
-  A* dlt = shift + BM;
+  A* shift_lo = shift + BM;
+  A* dlt = shift_lo + BM;
+  A* b_acc = dlt + BM;            // B_i = sum_j p_ij k_j (own delta)
+  double* c_sum = c_buf.data();   // C_i = sum_j p_ij dp_ij (own delta)
   std::vector<uint32_t> keys(static_cast<size_t>(2 * BM));
   uint32_t* ka = keys.data();
   uint32_t* kb = ka + BM;
@@ -145,17 +180,28 @@ FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
         if (kend == j_lo && sp.chunks > 1) continue;
 
         std::fill(dq_acc, dq_acc + rows * D, A(0));
+        if (own_delta) {
+          std::fill(b_acc, b_acc + rows * D, A(0));
+          std::fill(c_sum, c_sum + rows, 0.0);
+        }
         if (kend > j_lo) {
           tiles::load_transposed(qt, BM, qbase + i0 * p.qs.l, p.qs.l, rows, cols, D, scale);
           tiles::load_transposed(dot, BM, dobase + i0 * p.dos.l, p.dos.l, rows, cols, D, A(1));
           int64_t qld = 0, dold = 0;
           const A* qr = tiles::rows_operand(qbase + i0 * p.qs.l, p.qs.l, rows, D, qw, qld);
           const A* dor = tiles::rows_operand(dobase + i0 * p.dos.l, p.dos.l, rows, D, dow, dold);
-          // p = e^(s - lse); an empty row (lse = -inf) shifts by +inf: p = 0.
-          // Padding columns beyond the block's rows get p = 0 and delta 0.
+          // p = e^((s - lse_hi) - lse_lo), lse = lse_hi + lse_lo split from
+          // the forward's float64 lse: s - lse_hi is exact where p matters
+          // (s near lse), so p carries no rounding of lse at its magnitude
+          // (which, with a large additive bias such as ALiBi, would add a
+          // relative error of half an ulp of |lse| to every gradient of the
+          // row). An empty row (lse = -inf) shifts by +inf: p = 0. Padding
+          // columns beyond the block's rows get p = 0 and delta 0.
           for (int64_t c = 0; c < cols; ++c) {
-            const A lse = c < rows ? p.lse[row0 + i0 + c] : kNegInf<A>;
-            shift[c] = lse == kNegInf<A> ? kInf : lse;
+            const double lse = c < rows ? p.lse[row0 + i0 + c] : kNegInf<double>;
+            shift[c] = lse == kNegInf<double> ? kInf : static_cast<A>(lse);
+            shift_lo[c] = lse == kNegInf<double> ? A(0)
+                                                 : static_cast<A>(lse - static_cast<double>(shift[c]));
             dlt[c] = c < rows ? p.delta[row0 + i0 + c] : A(0);
           }
           if (pb.drop.on) tiles::dropout_keys(pb.drop.seed, row0 + i0, rows, ka, kb);
@@ -168,7 +214,7 @@ FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
             tiles::apply_mask(pt, BM, nb, rows, pb.mask, b, h, i0, j0);
             if (pb.causal && tiles::crosses_diagonal(i0, j0, nb, diag))
               tiles::apply_causal(pt, BM, nb, rows, i0, j0, diag);
-            tiles::col_exp(pt, BM, nb, cols, shift);
+            tiles::col_exp(pt, BM, nb, cols, shift, shift_lo);
             tiles::gemm_acc<VB>(nb, cols, D, vj, vld, 1, dot, BM, dpt, BM, /*overwrite=*/true);
             const A* pv = pt;  // the probabilities that multiplied v
             if (pb.drop.on) {
@@ -176,6 +222,10 @@ FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
               tiles::col_dropout(dpt, dpt, BM, nb, rows, ka, kb, col0, pb.drop.thresh, drop_scale);
               tiles::col_dropout(pt, pdt, BM, nb, rows, ka, kb, col0, pb.drop.thresh, drop_scale);
               pv = pdt;
+            }
+            if (own_delta) {
+              tiles::col_dot_sum(pt, dpt, BM, nb, rows, c_sum);                   // C += p dp
+              tiles::gemm_acc<VB>(rows, D, nb, pt, 1, BM, kj, kld, b_acc, D);      // B += p k
             }
             A* dkj = dk_acc + (j0 - j_lo) * D;
             A* dvj = dv_acc + (j0 - j_lo) * D;
@@ -191,10 +241,18 @@ FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
           }
         }
         if (sp.chunks == 1) {
+          if (own_delta) {
+            own_delta_correction(dq_acc, b_acc, dlt, p.dlse ? p.dlse + row0 + i0 : nullptr,
+                                 c_sum, rows, D);
+          }
           store_rows(dqb, p.dqs.l, i0, rows, D, dq_acc, scale);
         } else {
-          A* part = sp.dq_part + ((chunk * pb.B * pb.Hq + b * pb.Hq + h) * pb.Lq + i0) * D;
-          std::copy(dq_acc, dq_acc + rows * D, part);
+          const int64_t row = (chunk * pb.B * pb.Hq + b * pb.Hq + h) * pb.Lq + i0;
+          std::copy(dq_acc, dq_acc + rows * D, sp.dq_part + row * D);
+          if (own_delta) {
+            std::copy(b_acc, b_acc + rows * D, sp.b_part + row * D);
+            std::copy(c_sum, c_sum + rows, sp.c_part + row);
+          }
         }
       }
     }
@@ -235,25 +293,45 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
   sp.chunks = std::min(n_blocks, (kMinBwdItems + heads - 1) / heads);
   sp.blocks = (n_blocks + sp.chunks - 1) / sp.chunks;
   sp.chunks = (n_blocks + sp.blocks - 1) / sp.blocks;
-  std::vector<A> dq_part;
+  std::vector<A> dq_part, b_part;
+  std::vector<double> c_part;
+  const int64_t rows = pb.B * pb.Hq * pb.Lq;
   if (sp.chunks > 1) {
-    dq_part.assign(static_cast<size_t>(sp.chunks * pb.B * pb.Hq * pb.Lq * pb.D), A(0));
+    dq_part.assign(static_cast<size_t>(sp.chunks * rows * pb.D), A(0));
     sp.dq_part = dq_part.data();
+    if (p.own_delta_dq) {
+      b_part.assign(dq_part.size(), A(0));
+      c_part.assign(static_cast<size_t>(sp.chunks * rows), 0.0);
+      sp.b_part = b_part.data();
+      sp.c_part = c_part.data();
+    }
   }
   at::parallel_for(0, heads * sp.chunks, 1,
                    [&](int64_t begin, int64_t end) { range(p, sp, begin, end); });
   if (sp.chunks == 1) return;
 
-  // dq = scale * (sum of the chunks' partials, in chunk order), per row.
-  const int64_t D = pb.D, rows = pb.B * pb.Hq * pb.Lq, stride = rows * D;
+  // dq = scale * (sum of the chunks' partials, in chunk order), per row;
+  // with own delta, plus (delta - sum of C) * (sum of B).
+  const int64_t D = pb.D, stride = rows * D;
   const A scale = static_cast<A>(pb.scale);
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
-    std::vector<A> sum(static_cast<size_t>(D));
+    std::vector<A> sum(static_cast<size_t>(D)), b_sum(static_cast<size_t>(D));
     for (int64_t r = begin; r < end; ++r) {
       const A* part = sp.dq_part + r * D;
       std::copy(part, part + D, sum.begin());
       for (int64_t c = 1; c < sp.chunks; ++c)
         for (int64_t d = 0; d < D; ++d) sum[d] += part[c * stride + d];
+      if (p.own_delta_dq) {
+        const A* bp = sp.b_part + r * D;
+        std::copy(bp, bp + D, b_sum.begin());
+        double c_total = sp.c_part[r];
+        for (int64_t c = 1; c < sp.chunks; ++c) {
+          for (int64_t d = 0; d < D; ++d) b_sum[d] += bp[c * stride + d];
+          c_total += sp.c_part[c * rows + r];
+        }
+        own_delta_correction(sum.data(), b_sum.data(), p.delta + r,
+                             p.dlse ? p.dlse + r : nullptr, &c_total, 1, D);
+      }
       const int64_t i = r % pb.Lq, h = (r / pb.Lq) % pb.Hq, b = r / (pb.Lq * pb.Hq);
       T* o = p.dq + b * p.dqs.b + h * p.dqs.h + i * p.dqs.l;
       for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(sum[d] * scale);

@@ -59,7 +59,10 @@ struct FwdParams {
   const T* k = nullptr;    // (B, Hkv, Lk, D)
   const T* v = nullptr;    // (B, Hkv, Lk, D)
   T* out = nullptr;        // (B, Hq, Lq, D)
-  tiles::acc_t<T>* lse = nullptr;  // (B, Hq, Lq) contiguous, natural log
+  // (B, Hq, Lq) contiguous, natural log, float64 whatever T: the backward
+  // recomputes p = e^(s - lse) and needs lse exact to far below a float's
+  // rounding at |lse| (attention_bwd.cpp).
+  double* lse = nullptr;
   Strides qs, ks, vs, os;
 };
 
@@ -70,12 +73,15 @@ struct BwdParams {
   const T* k = nullptr;     // (B, Hkv, Lk, D)
   const T* v = nullptr;     // (B, Hkv, Lk, D)
   const T* dout = nullptr;  // (B, Hq, Lq, D)
-  const tiles::acc_t<T>* lse = nullptr;    // (B, Hq, Lq) contiguous
+  const double* lse = nullptr;             // (B, Hq, Lq) contiguous, float64
   const tiles::acc_t<T>* delta = nullptr;  // (B, Hq, Lq): dout_i . out_i - dlse_i
+  const tiles::acc_t<T>* dlse = nullptr;   // (B, Hq, Lq) dlse_i (0 where lse = -inf), or null
   T* dq = nullptr;          // (B, Hq, Lq, D)
   T* dk = nullptr;          // (B, Hkv, Lk, D)
   T* dv = nullptr;          // (B, Hkv, Lk, D)
   tiles::acc_t<T>* dbias = nullptr;  // (B, Hq, Lq, Lk) contiguous, or null
+  // dq from each row's own sum of p dp instead of delta (attention_bwd.cpp)
+  bool own_delta_dq = false;
   Strides qs, ks, vs, dos, dqs, dks, dvs;
 };
 

@@ -52,19 +52,25 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
   // Per-thread scratch: scale * Q^T of the block (D x BM; scale * Q, rows x
   // D, for a block that forms its scores as dot products), the key-major
   // score tile (BN x BM), K and V tiles widened from 16-bit inputs (BN x D
-  // each), the output accumulator (BM x D), per-query running max, sum,
-  // shift, rescale factor and tile sum, and dropout keys.
-  std::vector<A> buf(static_cast<size_t>(D * BM + BN * BM + 2 * BN * D + BM * D + 5 * BM));
+  // each), the output accumulator (BM x D), per-query running max, shift
+  // and rescale factor, the running sum and tile sums in double (see below),
+  // and dropout keys.
+  std::vector<A> buf(static_cast<size_t>(D * BM + BN * BM + 2 * BN * D + BM * D + 3 * BM));
+  // The softmax sums l in double: lse = m + ln l is what the backward
+  // normalizes every p by, so the rounding of a float sum over the row's
+  // keys (about sqrt(Lk) float ulps) would scale the row's gradients by as
+  // much; in double it is gone, at one wider add per score.
+  std::vector<double> sums(static_cast<size_t>(2 * BM));
+  double* l = sums.data();
+  double* tsum = l + BM;
   A* qt = buf.data();
   A* st = qt + D * BM;
   A* kw = st + BN * BM;
   A* vw = kw + BN * D;
   A* acc = vw + BN * D;
   A* m = acc + BM * D;
-  A* l = m + BM;
-  A* shift = l + BM;
+  A* shift = m + BM;
   A* alpha = shift + BM;
-  A* tsum = alpha + BM;
   std::vector<uint32_t> keys(static_cast<size_t>(2 * BM));
   uint32_t* ka = keys.data();
   uint32_t* kb = ka + BM;
@@ -91,7 +97,7 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
     const T* kbase = p.k + b * p.ks.b + hk * p.ks.h;
     const T* vbase = p.v + b * p.vs.b + hk * p.vs.h;
     T* obase = p.out + b * p.os.b + h * p.os.h + m0 * p.os.l;
-    A* lse = p.lse + (b * pb.Hq + h) * pb.Lq + m0;
+    double* lse = p.lse + (b * pb.Hq + h) * pb.Lq + m0;
 
     const T* qrows = p.q + b * p.qs.b + h * p.qs.h + m0 * p.qs.l;
     if (dots) {
@@ -101,7 +107,7 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
     }
     std::fill(acc, acc + rows * D, A(0));
     std::fill(m, m + cols, kNegInf<A>);
-    std::fill(l, l + cols, A(0));
+    std::fill(l, l + cols, 0.0);
     if (pb.drop.on) tiles::dropout_keys(pb.drop.seed, (b * pb.Hq + h) * pb.Lq + m0, rows, ka, kb);
 
     for (int64_t n0 = 0; n0 < hi; n0 += BN) {
@@ -140,7 +146,7 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
         }
         tiles::col_exp_sum(st, ld, nb, cols, shift, tsum);
       }
-      for (int64_t c = 0; c < cols; ++c) l[c] = l[c] * alpha[c] + tsum[c];
+      for (int64_t c = 0; c < cols; ++c) l[c] = l[c] * static_cast<double>(alpha[c]) + tsum[c];
       for (int64_t i = 0; i < rows; ++i) {
         A* __restrict ar = acc + i * D;
         const A f = alpha[i];
@@ -157,14 +163,15 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
 
     for (int64_t i = 0; i < rows_all; ++i) {
       T* __restrict orow = obase + i * p.os.l;
-      if (i < rows && l[i] != A(0)) {  // a NaN sum stays NaN, as in torch
-        const A inv = A(1) / l[i];
+      if (i < rows && l[i] != 0.0) {  // a NaN sum stays NaN, as in torch
+        const A inv = static_cast<A>(1.0 / l[i]);
         const A* __restrict ar = acc + i * D;
         for (int64_t d = 0; d < D; ++d) orow[d] = static_cast<T>(ar[d] * inv);
-        lse[i] = m[i] + std::log(l[i]);
+        // m is a score itself: in double, m + ln l loses nothing to rounding
+        lse[i] = static_cast<double>(m[i]) + std::log(l[i]);
       } else {
         for (int64_t d = 0; d < D; ++d) orow[d] = static_cast<T>(0);
-        lse[i] = kNegInf<A>;
+        lse[i] = kNegInf<double>;
       }
     }
   }

@@ -358,29 +358,33 @@ FASTATTN_INLINE void col_max(const A* t, int64_t ld, int64_t nkeys, int64_t ncol
 }
 
 // t[j, c] = exp(t[j, c] - shift[c]), and csum[c] = the column's sum, summed
-// down the keys in order.
+// down the keys in order, in double (attention_fwd.cpp says why).
 template <typename A>
 FASTATTN_INLINE void col_exp_sum(A* t, int64_t ld, int64_t nkeys, int64_t ncols,
-                                 const A* shift, A* csum) {
-  std::fill(csum, csum + ncols, A(0));
+                                 const A* shift, double* csum) {
+  std::fill(csum, csum + ncols, 0.0);
   for (int64_t j = 0; j < nkeys; ++j) {
     A* __restrict row = t + j * ld;
     const A* __restrict sh = shift;
-    A* __restrict sm = csum;
+    double* __restrict sm = csum;
     for (int64_t c = 0; c < ncols; ++c) {
       row[c] = exp_acc(row[c] - sh[c]);
-      sm[c] += row[c];
+      sm[c] += static_cast<double>(row[c]);
     }
   }
 }
 
-// t[j, c] = exp(t[j, c] - shift[c]) (probabilities from the saved lse).
+// t[j, c] = exp((t[j, c] - hi[c]) - lo[c]): probabilities from the saved
+// lse, given as the sum hi + lo of two values of A (a float's rounding of
+// lse, and the rest) so that no rounding of lse enters p.
 template <typename A>
-FASTATTN_INLINE void col_exp(A* t, int64_t ld, int64_t nkeys, int64_t ncols, const A* shift) {
+FASTATTN_INLINE void col_exp(A* t, int64_t ld, int64_t nkeys, int64_t ncols, const A* hi,
+                             const A* lo) {
   for (int64_t j = 0; j < nkeys; ++j) {
     A* __restrict row = t + j * ld;
-    const A* __restrict sh = shift;
-    for (int64_t c = 0; c < ncols; ++c) row[c] = exp_acc(row[c] - sh[c]);
+    const A* __restrict sh = hi;
+    const A* __restrict sl = lo;
+    for (int64_t c = 0; c < ncols; ++c) row[c] = exp_acc((row[c] - sh[c]) - sl[c]);
   }
 }
 
@@ -393,6 +397,19 @@ FASTATTN_INLINE void col_scores_grad(const A* p, A* dp, int64_t ld, int64_t nkey
     A* __restrict dr = dp + j * ld;
     const A* __restrict dl = delta;
     for (int64_t c = 0; c < ncols; ++c) dr[c] = pr[c] * (dr[c] - dl[c]);
+  }
+}
+
+// csum[c] += sum_j a[j, c] * b[j, c] for c < ncols, summed down the keys in
+// double (a sum over all of a row's keys, whose float rounding would show).
+template <typename A>
+FASTATTN_INLINE void col_dot_sum(const A* a, const A* b, int64_t ld, int64_t nkeys,
+                                 int64_t ncols, double* csum) {
+  for (int64_t j = 0; j < nkeys; ++j) {
+    const A* __restrict ar = a + j * ld;
+    const A* __restrict br = b + j * ld;
+    double* __restrict sm = csum;
+    for (int64_t c = 0; c < ncols; ++c) sm[c] += static_cast<double>(ar[c] * br[c]);
   }
 }
 

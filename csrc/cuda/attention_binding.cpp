@@ -151,7 +151,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(
   const attention_args::Inputs in =
       attention_args::inputs(q, k, v, attn_mask, q_lengths, kv_lengths, seed, dropout_p);
   check_head_dim(in.D);
-  auto [out, lse] = attention_args::fwd_outputs(in);
+  auto [out, lse] =
+      attention_args::fwd_outputs(in, attention_args::stat_dtype(in.q.scalar_type()));
   out = aligned_output(out);
 
   Holders hold;
