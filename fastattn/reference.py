@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from . import _rng
+from . import _checks, _rng
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -73,7 +73,7 @@ def layer_norm(x: Tensor, normalized_shape, weight: Optional[Tensor] = None,
 def rms_norm(x: Tensor, normalized_shape, weight: Optional[Tensor] = None,
              eps: Optional[float] = None, *, backend: str = "reference") -> Tensor:
     if eps is None:
-        eps = torch.finfo(x.dtype).eps
+        eps = _checks.default_rms_eps(x.dtype)
     return _norm(x, None, weight, None, eps, 0.0, True, False, _shape(normalized_shape))
 
 
@@ -88,7 +88,7 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]
                  eps: Optional[float] = None, *, dropout_p: float = 0.0,
                  prenorm: bool = False, backend: str = "reference"):
     if eps is None:
-        eps = torch.finfo(x.dtype).eps
+        eps = _checks.default_rms_eps(x.dtype)
     shape = tuple(weight.shape) if weight is not None else tuple(x.shape[-1:])
     return _norm(x, residual, weight, None, eps, dropout_p, True, prenorm, shape)
 

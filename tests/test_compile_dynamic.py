@@ -154,7 +154,8 @@ def test_swapped_transformer_autocast_cpu_bf16(compiled):
 
 def test_norm_autocast_policy():
     """fastattn's norms under autocast: float32 out of bf16/fp16 in; mixed
-    input dtypes accepted (they raise TypeError outside autocast)."""
+    input dtypes accepted (outside autocast a residual of another dtype than
+    x raises TypeError; float32 weights of bf16 x are fine, as in torch)."""
     x = torch.randn(4, 32, dtype=torch.bfloat16)
     res, w, b = torch.randn(4, 32), torch.randn(32), torch.randn(32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -163,8 +164,9 @@ def test_norm_autocast_policy():
     assert y.dtype == z.dtype == torch.float32
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(x.float() + res, (32,), w, b))
     torch.testing.assert_close(z, torch.nn.functional.rms_norm(x.float(), (32,), w))
-    with pytest.raises(TypeError, match="weight"):
+    with pytest.raises(TypeError, match="residual"):
         fastattn.add_layer_norm(x, res, w, b)
+    assert fastattn.add_layer_norm(x, res.bfloat16(), w, b).dtype == torch.bfloat16
 
 
 # ------------------------------------------------------------ CUDA graphs

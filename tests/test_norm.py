@@ -2,7 +2,7 @@
 
 Each case runs the op on a backend in a low precision and judges the output
 and every gradient against fastattn.reference on float64 copies of the same
-inputs, by GUIDE.md's protocol (tests/helpers.assert_close): the kernel's
+inputs, by the accuracy protocol (docs/TESTING.md) (tests/helpers.assert_close): the kernel's
 error may be at most a few times the error of the reference computed in the
 kernel's own dtype (plain PyTorch), plus a tiny floor.
 """
@@ -196,7 +196,7 @@ def default_eps(case):
 
 def check_case(case: Case, backend: str, device: str, dtype: torch.dtype,
                compile_backend: Optional[str] = None):
-    """GUIDE.md protocol for one case: output(s) and every gradient, the
+    """The accuracy protocol (docs/TESTING.md) for one case: output(s) and every gradient, the
     kernel run eagerly or under torch.compile(fullgraph=True)."""
     eps = default_eps(case)
     base = make_inputs(case, device)
@@ -266,10 +266,15 @@ def test_property(backend, device, op, rows, n, weight, bias, residual, prenorm,
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-def test_rms_norm_default_eps(backend, device):
-    # eps=None means torch.finfo(x.dtype).eps, as in torch.nn.functional.rms_norm.
-    x = torch.randn(5, 33, device=device) * 1e-3
-    w = torch.randn(33, device=device)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp16", "bf16"])
+def test_rms_norm_default_eps(backend, device, dtype):
+    # eps=None is the machine epsilon of the arithmetic: float32's for half
+    # inputs too (torch's opmath, not finfo(x.dtype), whatever its docs say).
+    if dtype == torch.bfloat16 and backend == "triton" and INTERPRET:
+        pytest.skip("the Triton interpreter refuses bfloat16")
+    x = (torch.randn(5, 33, device=device) * 1e-3).to(dtype)
+    w = torch.randn(33, device=device).to(dtype)
     out = fastattn.rms_norm(x, (33,), w, backend=backend)
     expected = torch.nn.functional.rms_norm(x.double(), (33,), w.double(),
                                             eps=torch.finfo(torch.float32).eps)
@@ -538,3 +543,108 @@ def test_prenorm_only_h_used(backend, device):
     dh = torch.randn(5, 24, generator=g).to(device)
     gx, gr = torch.autograd.grad((h * dh).sum(), (x, r))
     assert torch.equal(gx, dh) and torch.equal(gr, dh)
+
+
+# --------------------------------------------------------- mixed precision
+
+# torch.nn.functional.layer_norm takes float32 weight and bias with a
+# float16/bfloat16 input and returns the input's dtype (a bf16 model whose
+# norms stay in fp32); rms_norm takes any weight dtype. The gradients of the
+# weight and bias come back in their own dtype.
+MIXED_CASES = [
+    Case("layer_norm", (33, 96)),
+    Case("rms_norm", (7, 3, 40)),
+    Case("add_layer_norm", (20, 129)),
+    Case("add_rms_norm", (9, 64)),
+]
+
+
+def _mixed_op(case: Case, impl: str):
+    """The case's op as fastattn computes it (impl = a backend) or as plain
+    torch.nn.functional does (impl = "torch": the add, then the norm)."""
+    shape = case.normalized_shape
+    F = torch.nn.functional
+
+    def run(x, residual, weight, bias):
+        if impl == "torch":
+            h = x + residual if residual is not None else x
+            return (F.rms_norm(h, shape, weight) if case.is_rms
+                    else F.layer_norm(h, shape, weight, bias))
+        if case.op == "layer_norm":
+            return fastattn.layer_norm(x, shape, weight, bias, backend=impl)
+        if case.op == "rms_norm":
+            return fastattn.rms_norm(x, shape, weight, backend=impl)
+        if case.op == "add_layer_norm":
+            return fastattn.add_layer_norm(x, residual, weight, bias, backend=impl)
+        return fastattn.add_rms_norm(x, residual, weight, backend=impl)
+    return run
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("x_dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("case", MIXED_CASES, ids=str)
+def test_half_input_with_float32_parameters(case, x_dtype, backend, device):
+    if x_dtype == torch.bfloat16 and INTERPRET and backend == "triton":
+        pytest.skip("the Triton interpreter refuses bfloat16")
+    inputs = dict(
+        x=torch.randn(case.shape, dtype=torch.float64).to(x_dtype),
+        residual=(torch.randn(case.shape, dtype=torch.float64).to(x_dtype)
+                  if case.is_add else None),
+        weight=(1 + 0.3 * torch.randn(case.normalized_shape, dtype=torch.float64)).float(),
+        bias=(None if case.is_rms
+              else (0.3 * torch.randn(case.normalized_shape, dtype=torch.float64)).float()),
+    )
+    names = [n for n, t in inputs.items() if t is not None]
+    dy = torch.randn(case.shape, dtype=torch.float64)
+
+    def run(impl, cast=None):
+        leaves = {n: (t.to(cast) if cast else t).to(device).requires_grad_()
+                  for n, t in inputs.items() if t is not None}
+        y = _mixed_op(case, impl)(*(leaves.get(n) for n in ("x", "residual", "weight", "bias")))
+        grads = torch.autograd.grad(y, [leaves[n] for n in names], dy.to(device, y.dtype))
+        return y, dict(zip(names, grads))
+
+    y, grads = run(backend)
+    t_y, t_grads = run("torch", torch.float64)
+    b_y, b_grads = run("torch")
+    assert y.dtype == x_dtype
+    assert_close(y, t_y, b_y, name="y")
+    for n in names:
+        assert grads[n].dtype == inputs[n].dtype
+        assert_close(grads[n], t_grads[n], b_grads[n], name=f"grad {n}")
+
+
+@pytest.mark.parametrize("backend,device", BACKENDS)
+def test_parameters_of_another_dtype_are_refused_as_torch_does(backend, device):
+    x = torch.randn(4, 8, device=device)
+    w16 = torch.randn(8, device=device).half()
+    with pytest.raises(TypeError, match="weight"):  # torch: RuntimeError, "mixed dtype"
+        fastattn.layer_norm(x, (8,), w16, None, backend=backend)
+    with pytest.raises(TypeError, match="bias"):
+        fastattn.layer_norm(x.half(), (8,), w16.float(), w16, backend=backend)
+    # rms_norm takes any weight dtype, computing in the wider one (as torch does)
+    y = fastattn.rms_norm(x, (8,), w16, backend=backend)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, torch.nn.functional.rms_norm(x, (8,), w16.float()))
+
+
+# ---------------------------------------------------- float64 statistics
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.values[1] == "cpu"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "add_layer_norm"])
+def test_float64_keeps_float64_statistics(op, backend, device):
+    """float64 inputs: statistics in float64 (API.md), so gradients are
+    float64-accurate (1e-16 relative), not float32's 1e-8 (which gradcheck's
+    default tolerances would not notice)."""
+    case = Case(op, (17, 33), prenorm=op.startswith("add_"))
+    inputs = make_inputs(case, device)
+    eps = default_eps(case)
+    outs, grads = fwd_bwd(op_fn(fastattn, case, eps, backend=backend), cast(inputs, torch.float64),
+                          cotangent_seed=3)
+    t_outs, t_grads = fwd_bwd(op_fn(reference, case, eps), cast(inputs, torch.float64),
+                              cotangent_seed=3)
+    for name, t in [("y", t_outs[0])] + list(t_grads.items()):
+        got = outs[0] if name == "y" else grads[name]
+        rel = ((got - t).abs().max() / t.abs().max().clamp_min(1e-300)).item()
+        assert rel < 1e-12, f"{name}: relative error {rel:.3g}"

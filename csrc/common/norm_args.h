@@ -28,15 +28,29 @@ inline at::Tensor rows(const at::Tensor& t, const char* name, int64_t m, int64_t
   return t;
 }
 
-// Optional per-column vector (weight or bias) of shape (N,), made contiguous.
+// Whether weight and bias may have dtype `param` for data of dtype `data`:
+// the same dtype, or float32 parameters of float16/bfloat16 data (mixed
+// precision, as torch's layer_norm takes them).
+inline bool param_dtype_ok(at::ScalarType param, at::ScalarType data) {
+  return param == data ||
+         (param == at::kFloat && (data == at::kHalf || data == at::kBFloat16));
+}
+
+// dtype of the per-row statistics (mean, rstd): float32, float64 for float64.
+inline at::ScalarType stat_dtype(at::ScalarType data) {
+  return data == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Optional per-column vector (weight or bias) of shape (N,), made contiguous;
+// its dtype must be `data`'s or allowed by param_dtype_ok.
 inline std::optional<at::Tensor> column_vector(const std::optional<at::Tensor>& t,
                                                const char* name, int64_t n,
-                                               at::ScalarType dtype, at::Device device) {
+                                               at::ScalarType data, at::Device device) {
   if (!t.has_value()) return std::nullopt;
   TORCH_CHECK(t->dim() == 1 && t->size(0) == n, name, " must have shape (", n, "), got ",
               t->sizes());
-  TORCH_CHECK(t->scalar_type() == dtype, name, " must have dtype ", dtype, ", got ",
-              t->scalar_type());
+  TORCH_CHECK(param_dtype_ok(t->scalar_type(), data), name, " must have dtype ", data,
+              " (or float32 for half data), got ", t->scalar_type());
   TORCH_CHECK(t->device() == device, name, " must be on ", device, ", got ", t->device());
   return t->contiguous();
 }
@@ -62,10 +76,11 @@ inline void check_dropout(const std::optional<at::Tensor>& seed, double dropout_
   TORCH_CHECK(seed->device() == device, "seed must be on ", device, ", got ", seed->device());
 }
 
-// Per-row statistic (mean or rstd): float32 of shape (M,).
+// Per-row statistic (mean or rstd) of shape (M,) in stat_dtype(data).
 inline at::Tensor row_stat(const at::Tensor& t, const char* name, int64_t m,
-                           at::Device device) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat, name, " must be float32, got ", t.scalar_type());
+                           at::ScalarType data, at::Device device) {
+  TORCH_CHECK(t.scalar_type() == stat_dtype(data), name, " must be ", stat_dtype(data),
+              ", got ", t.scalar_type());
   TORCH_CHECK(t.dim() == 1 && t.size(0) == m, name, " must have shape (", m, "), got ",
               t.sizes());
   TORCH_CHECK(t.device() == device, name, " must be on ", device, ", got ", t.device());
@@ -98,18 +113,22 @@ inline FwdInputs fwd_inputs(const at::Tensor& x, const std::optional<at::Tensor>
   }
   if (auto w = column_vector(weight, "weight", in.n, x.scalar_type(), x.device())) in.weight = *w;
   if (auto b = column_vector(bias, "bias", in.n, x.scalar_type(), x.device())) in.bias = *b;
+  TORCH_CHECK(!in.weight.defined() || !in.bias.defined() ||
+                  in.weight.scalar_type() == in.bias.scalar_type(),
+              "weight and bias must share a dtype, got ", in.weight.scalar_type(), " and ",
+              in.bias.scalar_type());
   return in;
 }
 
 // Outputs of norm_fwd_native: y (M, N); h (M, N) if store_h else (0,);
-// mean (M,) float32, or (0,) for RMS norm; rstd (M,) float32.
+// mean (M,), or (0,) for RMS norm; rstd (M,); statistics in stat_dtype.
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> fwd_outputs(
     const FwdInputs& in, bool is_rms, bool store_h) {
   const auto opts = in.x.options();
-  const auto f32 = opts.dtype(at::kFloat);
+  const auto stat = opts.dtype(stat_dtype(in.x.scalar_type()));
   at::Tensor h = store_h ? at::empty({in.m, in.n}, opts) : at::empty({0}, opts);
-  at::Tensor mean = at::empty({is_rms ? 0 : in.m}, f32);
-  at::Tensor rstd = at::empty({in.m}, f32);
+  at::Tensor mean = at::empty({is_rms ? 0 : in.m}, stat);
+  at::Tensor rstd = at::empty({in.m}, stat);
   if (in.n == 0) {  // statistics of empty rows, as torch gives them; no kernel runs
     mean.fill_(std::numeric_limits<float>::quiet_NaN());
     rstd.fill_(std::numeric_limits<float>::quiet_NaN());
@@ -144,22 +163,22 @@ inline BwdInputs bwd_inputs(const at::Tensor& dy, const std::optional<at::Tensor
   }
   if (auto w = column_vector(weight, "weight", in.n, h.scalar_type(), h.device())) in.weight = *w;
   if (auto b = column_vector(bias, "bias", in.n, h.scalar_type(), h.device())) in.bias = *b;
-  if (!is_rms) in.mean = row_stat(mean, "mean", in.m, h.device());
-  in.rstd = row_stat(rstd, "rstd", in.m, h.device());
+  if (!is_rms) in.mean = row_stat(mean, "mean", in.m, h.scalar_type(), h.device());
+  in.rstd = row_stat(rstd, "rstd", in.m, h.scalar_type(), h.device());
   return in;
 }
 
 // Outputs of norm_bwd_native: dx (M, N); dresidual (M, N) only when dropout
 // and a residual are both present (otherwise it equals dx and is (0,));
-// dweight/dbias (N,) when weight/bias exist, else (0,).
+// dweight/dbias (N,) in the dtype of weight/bias when they exist, else (0,).
 inline std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bwd_outputs(
     const BwdInputs& in, double dropout_p, bool has_residual) {
   const auto opts = in.h.options();
   const bool with_dres = dropout_p > 0.0 && has_residual;
   return {at::empty({in.m, in.n}, opts),
           with_dres ? at::empty({in.m, in.n}, opts) : at::empty({0}, opts),
-          at::empty({in.weight.defined() ? in.n : 0}, opts),
-          at::empty({in.bias.defined() ? in.n : 0}, opts)};
+          in.weight.defined() ? at::empty({in.n}, in.weight.options()) : at::empty({0}, opts),
+          in.bias.defined() ? at::empty({in.n}, in.bias.options()) : at::empty({0}, opts)};
 }
 
 }  // namespace norm_args

@@ -99,13 +99,21 @@ struct Dropout {
 };
 
 // weight (or bias) widened to the accumulation type; `fill` where absent,
-// so that one loop serves every combination of affine parameters.
+// so that one loop serves every combination of affine parameters. The
+// parameters are in the data's dtype T or in float32 (norm_args.h).
 template <typename T, typename A = acc_t<T>>
 std::vector<A> widen_or_fill(const at::Tensor& t, int64_t n, A fill) {
   std::vector<A> out(static_cast<size_t>(n), fill);
-  if (t.defined()) {
-    const T* p = t.data_ptr<T>();
+  if (!t.defined()) return out;
+  auto widen = [&](auto tag) {
+    using P = decltype(tag);
+    const P* p = t.data_ptr<P>();
     for (int64_t j = 0; j < n; ++j) out[j] = static_cast<A>(p[j]);
+  };
+  if (t.scalar_type() == at::kFloat) {
+    widen(float{});
+  } else {
+    widen(T{});
   }
   return out;
 }
@@ -122,8 +130,8 @@ struct FwdCtx {
   const T* res = nullptr;
   T* y = nullptr;
   T* h = nullptr;
-  float* mean = nullptr;   // null for RMS norm
-  float* rstd = nullptr;
+  A* mean = nullptr;       // null for RMS norm (statistics in A: norm_args::stat_dtype)
+  A* rstd = nullptr;
   int64_t x_stride = 0, r_stride = 0;
   A inv_n = 0, eps = 0;
   bool is_rms = false;
@@ -141,8 +149,8 @@ struct FwdCtx {
     res = has_res ? in.residual.data_ptr<T>() : nullptr;
     y = y_t.data_ptr<T>();
     h = store_h ? h_t.data_ptr<T>() : nullptr;
-    mean = rms ? nullptr : mean_t.data_ptr<float>();
-    rstd = rstd_t.data_ptr<float>();
+    mean = rms ? nullptr : mean_t.data_ptr<A>();
+    rstd = rstd_t.data_ptr<A>();
     x_stride = in.x.stride(0);
     r_stride = has_res ? in.residual.stride(0) : 0;
     inv_n = A(1) / static_cast<A>(n);
@@ -173,8 +181,8 @@ FASTATTN_INLINE void norm_row(const FwdCtx<T>& cx, int64_t row, const acc_t<T>* 
   T* __restrict yr = cx.y + row * n;
 #pragma GCC ivdep
   for (int64_t j = 0; j < n; ++j) yr[j] = static_cast<T>((hv[j] - mu) * rs * wv[j] + bv[j]);
-  if (cx.mean) cx.mean[row] = static_cast<float>(mu);
-  cx.rstd[row] = static_cast<float>(rs);
+  if (cx.mean) cx.mean[row] = mu;
+  cx.rstd[row] = rs;
 }
 
 // Forward of rows [begin, end).
@@ -257,8 +265,8 @@ struct BwdCtx {
   const T* h = nullptr;
   const T* dy = nullptr;
   const T* dh_out = nullptr;
-  const float* mean = nullptr;  // null for RMS norm
-  const float* rstd = nullptr;
+  const A* mean = nullptr;  // null for RMS norm
+  const A* rstd = nullptr;
   T* dx = nullptr;
   T* dres = nullptr;
   int64_t h_stride = 0, dy_stride = 0, dho_stride = 0;
@@ -276,8 +284,8 @@ struct BwdCtx {
     h = in.h.data_ptr<T>();
     dy = in.dy.data_ptr<T>();
     dh_out = has_dh_out ? in.dh_out.data_ptr<T>() : nullptr;
-    mean = rms ? nullptr : in.mean.data_ptr<float>();
-    rstd = in.rstd.data_ptr<float>();
+    mean = rms ? nullptr : in.mean.data_ptr<A>();
+    rstd = in.rstd.data_ptr<A>();
     dx = dx_t.data_ptr<T>();
     dres = store_dres ? dres_t.data_ptr<T>() : nullptr;
     h_stride = in.h.stride(0);
@@ -303,14 +311,8 @@ FASTATTN_INLINE void bwd_blocks(const BwdCtx<T>& cx, int64_t blk_begin, int64_t 
     for (int64_t row = blk * m / cx.blocks; row < row_end; ++row) {
       const T* __restrict hr = cx.h + row * cx.h_stride;
       const T* __restrict dyr = cx.dy + row * cx.dy_stride;
-      A mu = cx.mean ? static_cast<A>(cx.mean[row]) : A(0);
-      if constexpr (std::is_same_v<A, double>) {
-        // The saved mean is float32 (contract); for double inputs take the
-        // exact mean again from the row, so that xhat is exact when h is
-        // constant (e.g. N = 1). rstd cannot be recomputed (no eps).
-        if (cx.mean) mu = lane_sum<A>(n, [&](int64_t j) { return static_cast<A>(hr[j]); }) * cx.inv_n;
-      }
-      const A rs = static_cast<A>(cx.rstd[row]);
+      const A mu = cx.mean ? cx.mean[row] : A(0);
+      const A rs = cx.rstd[row];
       // Two passes over the row's h and dy, nothing materialized: the
       // row means of g * xhat and g (g = dy * weight, xhat = (h - mean) rstd),
       // then dh and the weight/bias partial sums.
@@ -401,9 +403,11 @@ void norm_bwd_impl(const norm_args::BwdInputs& in, const std::optional<at::Tenso
   const auto run = FASTATTN_PICK_VARIANT(bwd_blocks, T);
   at::parallel_for(0, blocks, block_grain, [&](int64_t b0, int64_t b1) { run(cx, b0, b1); });
 
-  // Sum the block partials in block order: deterministic.
-  auto finish = [&](const std::vector<A>& part, at::Tensor& out) {
-    T* o = out.data_ptr<T>();
+  // Sum the block partials in block order: deterministic. The sums go out
+  // in the parameters' dtype (T, or float32 for half data).
+  auto finish = [&](const std::vector<A>& part, at::Tensor& out, auto tag) {
+    using P = decltype(tag);
+    P* o = out.data_ptr<P>();
     at::parallel_for(0, n, std::max<int64_t>(1, kGrainElements / blocks),
                      [&](int64_t c0, int64_t c1) {
                        std::vector<A> acc(part.begin() + c0, part.begin() + c1);
@@ -411,11 +415,18 @@ void norm_bwd_impl(const norm_args::BwdInputs& in, const std::optional<at::Tenso
                          const A* __restrict p = part.data() + blk * n;
                          for (int64_t c = c0; c < c1; ++c) acc[c - c0] += p[c];
                        }
-                       for (int64_t c = c0; c < c1; ++c) o[c] = static_cast<T>(acc[c - c0]);
+                       for (int64_t c = c0; c < c1; ++c) o[c] = static_cast<P>(acc[c - c0]);
                      });
   };
-  if (want_dw) finish(dw_part, dw);
-  if (want_db) finish(db_part, db);
+  auto finish_as_param = [&](const std::vector<A>& part, at::Tensor& out) {
+    if (out.scalar_type() == at::kFloat) {
+      finish(part, out, float{});
+    } else {
+      finish(part, out, T{});
+    }
+  };
+  if (want_dw) finish_as_param(dw_part, dw);
+  if (want_db) finish_as_param(db_part, db);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_fwd_cpu(

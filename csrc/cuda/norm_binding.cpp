@@ -38,6 +38,17 @@ void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, what, ": CUDA launch failed: ", cudaGetErrorString(err));
 }
 
+// The cuda kernels read weight and bias in the data's dtype (no float32
+// parameters of half data yet: fastattn/ops/norm.py sends those elsewhere).
+void check_same_param_dtype(const at::Tensor& w, const at::Tensor& b, at::ScalarType data,
+                            const char* what) {
+  for (const at::Tensor* t : {&w, &b}) {
+    TORCH_CHECK(!t->defined() || t->scalar_type() == data, what,
+                ": the cuda kernels take weight and bias in the data's dtype ", data, ", got ",
+                t->scalar_type());
+  }
+}
+
 // Multiprocessors of `device`: the backward sizes its grid (and so its
 // dweight/dbias partial sums) by it.
 int sm_count_of(const at::Device& device) {
@@ -57,6 +68,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_fwd_cuda(
   const c10::cuda::CUDAGuard guard(x.device());
   const norm_args::FwdInputs in =
       norm_args::fwd_inputs(x, residual, weight, bias, seed, eps, dropout_p);
+  check_same_param_dtype(in.weight, in.bias, x.scalar_type(), "norm_fwd_native");
   auto [y, h, mean, rstd] = norm_args::fwd_outputs(in, is_rms, store_h);
 
   NormFwdParams p;
@@ -91,6 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> norm_bwd_cuda(
   const c10::cuda::CUDAGuard guard(h.device());
   const norm_args::BwdInputs in =
       norm_args::bwd_inputs(dy, dh_out, h, weight, bias, mean, rstd, seed, dropout_p, is_rms);
+  check_same_param_dtype(in.weight, in.bias, h.scalar_type(), "norm_bwd_native");
   auto [dx, dres, dw, db] = norm_args::bwd_outputs(in, dropout_p, has_residual);
 
   const int sm_count = sm_count_of(h.device());

@@ -9,7 +9,7 @@ All four public functions reduce to one pair of ``torch.library`` ops over a
                        dropout_p, is_rms, has_residual, backend)
                        -> (dx, dresidual, dweight, dbias)
 
-Forward math, per row (statistics in fp32):
+Forward math, per row (statistics in fp32; fp64 for fp64 data):
     h    = dropout(x) + residual       (h = x when neither is used)
     mean = sum(h) / N                  (layer norm only; RMS norm uses 0)
     rstd = 1 / sqrt(sum((h - mean)^2) / N + eps)
@@ -22,6 +22,8 @@ Backward, with xhat = (h - mean) * rstd and g = dy * weight:
     dresidual = dh,   dx = dh * keep / (1 - p),
     dweight = sum_rows(dy * xhat),   dbias = sum_rows(dy).
 
+weight and bias share a dtype: x's, or float32 for float16/bfloat16 x (mixed
+precision, as torch's layer_norm takes them); dweight/dbias come in it.
 Every backend implements exactly this contract (triton: fastattn.triton.norm;
 cpu/cuda: the C++ ops fastattn::norm_{fwd,bwd}_native). Unused outputs are
 empty tensors of shape (0,): h unless store_h, mean for RMS norm, dresidual
@@ -73,13 +75,18 @@ def norm_fwd(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor],
     return _run_fwd(backend, x, residual, weight, bias, seed, eps, dropout_p, is_rms, store_h)
 
 
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the saved mean and rstd: float32, float64 for float64 data."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 @norm_fwd.register_fake
 def _(x, residual, weight, bias, seed, eps, dropout_p, is_rms, store_h, backend):
     m, n = x.shape
     y = x.new_empty((m, n))
     h = x.new_empty((m, n) if store_h else (0,))
-    mean = x.new_empty((0,) if is_rms else (m,), dtype=torch.float32)
-    rstd = x.new_empty((m,), dtype=torch.float32)
+    mean = x.new_empty((0,) if is_rms else (m,), dtype=stat_dtype(x.dtype))
+    rstd = x.new_empty((m,), dtype=stat_dtype(x.dtype))
     return y, h, mean, rstd
 
 
@@ -163,7 +170,8 @@ def _norm(x, residual, weight, bias, eps, dropout_p, is_rms, prenorm, normalized
     for d in normalized_shape:
         n *= d
     out_shape = x.shape
-    backend = _backends.resolve(backend, "norm", x.device, x.dtype)
+    backend = _backends.resolve(backend, "norm", x.device, x.dtype,
+                                lambda b: _call_limits(b, x, weight, bias))
 
     if backend == "reference" or x.numel() == 0:
         from .. import reference
@@ -201,7 +209,15 @@ def _norm(x, residual, weight, bias, eps, dropout_p, is_rms, prenorm, normalized
     return y, h.view(out_shape)
 
 
-_AUTOCAST_LOW = (torch.float16, torch.bfloat16)
+def _call_limits(backend: str, x: Tensor, weight, bias) -> str:
+    """Why an available backend cannot serve this call (empty if it can)."""
+    mixed = any(t is not None and t.dtype != x.dtype for t in (weight, bias))
+    if backend == "cuda" and mixed:
+        return "the cuda norm kernels take weight and bias in x's dtype only"
+    return ""
+
+
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _autocast_fp32(x, *tensors):
@@ -211,22 +227,61 @@ def _autocast_fp32(x, *tensors):
     and fp32 weights), which outside autocast is an error."""
     if not (isinstance(x, Tensor) and torch.is_autocast_enabled(x.device.type)):
         return (x, *tensors)
-    return tuple(t.float() if isinstance(t, Tensor) and t.dtype in _AUTOCAST_LOW else t
+    return tuple(t.float() if isinstance(t, Tensor) and t.dtype in _HALF else t
                  for t in (x, *tensors))
 
 
+def _check_param(name: str, t, x: Tensor, shape) -> None:
+    """weight or bias: a float tensor of `shape` on x's device."""
+    if t is None:
+        return
+    _checks.check_tensor(name, t)
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on the device of x ({x.device}), got {t.device}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+
+
+def param_dtype_ok(param: torch.dtype, data: torch.dtype) -> bool:
+    """The parameter dtypes the kernels take: x's, or float32 for half x."""
+    return param == data or (param == torch.float32 and data in _HALF)
+
+
+def _param_dtypes(x: Tensor, weight, bias, is_rms: bool):
+    """(weight, bias) in dtypes the kernels take, with torch's rules.
+    layer_norm: both in x's dtype, or both float32 for half x, else
+    TypeError (torch raises too). rms_norm takes any weight dtype: one the
+    kernels do not take is cast (exactly, bf16/fp16/fp32 -> fp32/fp64) to
+    the dtype the product is computed in, as torch's rms_norm computes it."""
+    if is_rms:
+        if weight is not None and not param_dtype_ok(weight.dtype, x.dtype):
+            weight = weight.to(torch.float32 if x.dtype in _HALF else x.dtype)
+        return weight, bias
+    present = [(n, t) for n, t in (("weight", weight), ("bias", bias)) if t is not None]
+    for name, t in present:
+        if not param_dtype_ok(t.dtype, x.dtype):
+            raise TypeError(f"{name} must have the dtype of x ({x.dtype}), or float32 for "
+                            f"float16/bfloat16 x, got {t.dtype}")
+    if len(present) == 2 and weight.dtype != bias.dtype:
+        raise TypeError(f"bias must have the dtype of weight ({weight.dtype}), got {bias.dtype}")
+    return weight, bias
+
+
 def _check_norm_args(x, normalized_shape, weight, bias, eps, residual=None, dropout_p=0.0,
-                     eps_default_from_dtype=False):
+                     is_rms=False):
+    """(shape, weight, bias, eps, dropout_p) after checks; rms_norm's eps=None
+    is _checks.default_rms_eps(x.dtype), as torch's."""
     _checks.check_tensor("x", x)
     shape = _checks.normalize_shape("normalized_shape", normalized_shape, x)
-    _checks.check_like("weight", weight, "x", x, shape=shape)
-    _checks.check_like("bias", bias, "x", x, shape=shape)
+    _check_param("weight", weight, x, shape)
+    _check_param("bias", bias, x, shape)
+    weight, bias = _param_dtypes(x, weight, bias, is_rms)
     _checks.check_like("residual", residual, "x", x, shape=x.shape)
-    if eps is None and eps_default_from_dtype:
-        eps = torch.finfo(x.dtype).eps
+    if eps is None and is_rms:
+        eps = _checks.default_rms_eps(x.dtype)
     eps = _checks.check_eps("eps", eps)
     dropout_p = _checks.check_probability("dropout_p", dropout_p)
-    return shape, eps, dropout_p
+    return shape, weight, bias, eps, dropout_p
 
 
 def _shape_from_weight(x: Tensor, weight) -> tuple[int, ...]:
@@ -246,18 +301,21 @@ def _shape_from_weight(x: Tensor, weight) -> tuple[int, ...]:
 def layer_norm(x: Tensor, normalized_shape, weight: Optional[Tensor] = None,
                bias: Optional[Tensor] = None, eps: float = 1e-5, *,
                backend: str = "auto") -> Tensor:
-    """Same as ``torch.nn.functional.layer_norm``; statistics in fp32."""
+    """Same as ``torch.nn.functional.layer_norm`` (bf16/fp16 x may have
+    float32 weight and bias: the result is in x's dtype); statistics in fp32
+    (fp64 for fp64 x)."""
     x, weight, bias = _autocast_fp32(x, weight, bias)
-    shape, eps, _ = _check_norm_args(x, normalized_shape, weight, bias, eps)
+    shape, weight, bias, eps, _ = _check_norm_args(x, normalized_shape, weight, bias, eps)
     return _norm(x, None, weight, bias, eps, 0.0, False, False, shape, backend)
 
 
 def rms_norm(x: Tensor, normalized_shape, weight: Optional[Tensor] = None,
              eps: Optional[float] = None, *, backend: str = "auto") -> Tensor:
-    """Same as ``torch.nn.functional.rms_norm`` (eps=None: finfo(x.dtype).eps)."""
+    """Same as ``torch.nn.functional.rms_norm`` (eps=None: the machine epsilon
+    of float32 for half inputs, of x's dtype otherwise, as torch computes it)."""
     x, weight = _autocast_fp32(x, weight)
-    shape, eps, _ = _check_norm_args(x, normalized_shape, weight, None, eps,
-                                     eps_default_from_dtype=True)
+    shape, weight, _, eps, _ = _check_norm_args(x, normalized_shape, weight, None, eps,
+                                                is_rms=True)
     return _norm(x, None, weight, None, eps, 0.0, True, False, shape, backend)
 
 
@@ -271,8 +329,8 @@ def add_layer_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tenso
     last dim of ``x`` when weight is None).
     """
     x, residual, weight, bias = _autocast_fp32(x, residual, weight, bias)
-    shape, eps, dropout_p = _check_norm_args(x, _shape_from_weight(x, weight), weight, bias,
-                                             eps, residual, dropout_p)
+    shape, weight, bias, eps, dropout_p = _check_norm_args(
+        x, _shape_from_weight(x, weight), weight, bias, eps, residual, dropout_p)
     prenorm = _checks.check_flag("prenorm", prenorm)
     return _norm(x, residual, weight, bias, eps, dropout_p, False, prenorm, shape, backend)
 
@@ -283,8 +341,7 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]
     """``h = dropout(x) + residual``; returns ``rms_norm(h)``, or
     ``(rms_norm(h), h)`` when ``prenorm=True``."""
     x, residual, weight = _autocast_fp32(x, residual, weight)
-    shape, eps, dropout_p = _check_norm_args(x, _shape_from_weight(x, weight), weight, None,
-                                             eps, residual, dropout_p,
-                                             eps_default_from_dtype=True)
+    shape, weight, _, eps, dropout_p = _check_norm_args(
+        x, _shape_from_weight(x, weight), weight, None, eps, residual, dropout_p, is_rms=True)
     prenorm = _checks.check_flag("prenorm", prenorm)
     return _norm(x, residual, weight, None, eps, dropout_p, True, prenorm, shape, backend)

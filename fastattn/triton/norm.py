@@ -94,6 +94,11 @@ def _acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
+def stat_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the saved mean and rstd: float32, float64 for float64 inputs."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _bwd_grid_size(num_blocks: int, num_warps: int, device: torch.device) -> int:
     """Programs of the backward grid: enough to fill the GPU, no more, since
     each program adds a row of N partial sums to reduce afterwards."""
@@ -138,13 +143,13 @@ def _load_h(X, R, x_rows, r_rows, cols, mask, a, b, threshold, keep_scale,
 def _norm_fwd_kernel(
     X,            # (M, N) input, row stride stride_x
     R,            # (M, N) residual, row stride stride_r (read iff HAS_R)
-    W,            # (N,) weight (read iff HAS_W)
-    B,            # (N,) bias (read iff HAS_B)
+    W,            # (N,) weight, x's dtype or float32 (read iff HAS_W)
+    B,            # (N,) bias, dtype of W (read iff HAS_B)
     SEED,         # (1,) int64 dropout seed (read iff HAS_DROPOUT)
     Y,            # (M, N) contiguous output, x's dtype
     H,            # (M, N) contiguous h = dropout(x) + residual (written iff STORE_H)
-    MEAN,         # (M,) fp32 row means (written unless IS_RMS)
-    RSTD,         # (M,) fp32 reciprocal standard deviations
+    MEAN,         # (M,) row means, fp32 (fp64 for fp64 x); written unless IS_RMS
+    RSTD,         # (M,) reciprocal standard deviations, dtype of MEAN
     stride_x,     # row stride of X, in elements
     stride_r,     # row stride of R, in elements
     M,            # number of rows
@@ -218,8 +223,8 @@ def _norm_fwd_kernel(
         var = m2 / N
     rstd = 1.0 / tl.sqrt(var + eps)
     if not IS_RMS:
-        tl.store(MEAN + rows, mean.to(tl.float32), mask=row_ok)
-    tl.store(RSTD + rows, rstd.to(tl.float32), mask=row_ok)
+        tl.store(MEAN + rows, mean.to(MEAN.dtype.element_ty), mask=row_ok)
+    tl.store(RSTD + rows, rstd.to(RSTD.dtype.element_ty), mask=row_ok)
 
     if WHOLE_ROW:
         col_ok = cols < N
@@ -255,8 +260,9 @@ def norm_fwd(x, residual, weight, bias, seed, eps: float, dropout_p: float, is_r
     m, n = x.shape
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
     h = torch.empty((m, n) if store_h else (0,), dtype=x.dtype, device=x.device)
-    mean = torch.empty((0,) if is_rms else (m,), dtype=torch.float32, device=x.device)
-    rstd = torch.empty((m,), dtype=torch.float32, device=x.device)
+    stat = stat_dtype(x.dtype)
+    mean = torch.empty((0,) if is_rms else (m,), dtype=stat, device=x.device)
+    rstd = torch.empty((m,), dtype=stat, device=x.device)
     if m == 0 or n == 0:
         mean.fill_(float("nan"))  # statistics of an empty row, as torch gives
         rstd.fill_(float("nan"))
@@ -333,10 +339,10 @@ def _norm_bwd_kernel(
     DY,           # (M, N) gradient of y, row stride stride_dy
     DH_OUT,       # (M, N) gradient of the returned h, row stride stride_dho (iff HAS_DH_OUT)
     H,            # (M, N) normalized input h (x when no residual/dropout), row stride stride_h
-    W,            # (N,) weight (read iff HAS_W)
+    W,            # (N,) weight, x's dtype or float32 (read iff HAS_W)
     SEED,         # (1,) int64 dropout seed (read iff HAS_DROPOUT)
-    MEAN,         # (M,) fp32 row means from the forward (read unless IS_RMS)
-    RSTD,         # (M,) fp32 reciprocal standard deviations from the forward
+    MEAN,         # (M,) row means from the forward (read unless IS_RMS)
+    RSTD,         # (M,) reciprocal standard deviations from the forward
     DX,           # (M, N) contiguous gradient of x
     DRES,         # (M, N) contiguous gradient of the residual (written iff STORE_DRES)
     DW_PART,      # (G, N) ACC partial sums of dweight, one row per program (iff HAS_W)
@@ -451,7 +457,7 @@ def norm_bwd(dy, dh_out, h, weight, bias, mean, rstd, seed, dropout_p: float, is
     store_dres = has_dropout and has_residual
     dx = torch.empty((m, n), dtype=h.dtype, device=h.device)
     dres = torch.empty((m, n) if store_dres else (0,), dtype=h.dtype, device=h.device)
-    acc = torch.float64 if h.dtype == torch.float64 else torch.float32
+    acc = stat_dtype(h.dtype)
     block_m, block_n, num_warps, whole_row = _launch_config(m, n, BWD_MAX_ROW, BWD_PER_THREAD)
     n_blocks = triton.cdiv(m, block_m)
     g = _bwd_grid_size(n_blocks, num_warps, h.device)
