@@ -7,14 +7,19 @@ truth. Every op runs on the backends reported by fastattn.backends().
 
 from . import reference
 from ._backends import backends
-from .ops.attention import attention, scaled_dot_product_attention
+from .ops.attention import attention
+from .ops.sdpa import scaled_dot_product_attention
 from .ops.attention_varlen import attention_varlen
 from .ops.padding import pad_input, unpad_input
 from .ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 from . import nn
 from .integrations import swap_modules
+from .integrations.hf_register import register_on_import as _register_with_transformers
 
 __version__ = "0.1.0"
+
+# attn_implementation="fastattn" in transformers, without importing it here.
+_register_with_transformers()
 
 __all__ = [
     "add_layer_norm",

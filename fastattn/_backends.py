@@ -21,6 +21,8 @@ import os
 
 import torch
 
+from . import _log
+
 BACKENDS = ("triton", "cuda", "cpu", "reference")
 
 # op family -> native op in fastattn._C that the cpu/cuda backends call.
@@ -104,6 +106,9 @@ def unavailable_reason(backend: str, family: str, device: torch.device,
             return why
         if device.type == "cpu" and not triton_interpret():
             return "triton needs CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)"
+        if device.type == "cpu" and dtype == torch.bfloat16:
+            # The interpreter's bf16 tl.dot returns garbage (values ~1e9).
+            return "the Triton interpreter (TRITON_INTERPRET=1) computes bfloat16 wrongly"
         if device.type not in ("cpu", "cuda"):
             return f"triton does not run on {device.type} tensors"
         if dtype == torch.float64 and device.type != "cpu":
@@ -131,22 +136,66 @@ def check_name(backend) -> str:
     return backend
 
 
+def env_backend() -> str:
+    """FASTATTN_BACKEND ("auto" when unset or empty); a value that names no
+    backend raises ValueError naming the variable."""
+    value = os.environ.get("FASTATTN_BACKEND", "") or "auto"
+    if value != "auto" and value not in BACKENDS:
+        raise ValueError(f"the environment variable FASTATTN_BACKEND={value!r} names no "
+                         f"backend; expected one of {BACKENDS + ('auto',)}")
+    return value
+
+
 def resolve(requested: str, family: str, device: torch.device,
-            dtype: torch.dtype | None = None) -> str:
-    """The backend that will run; raises ValueError if `requested` cannot."""
+            dtype: torch.dtype | None = None, call_limits=None) -> str:
+    """The backend that will run; raises ValueError if `requested` (the
+    argument, or FASTATTN_BACKEND for "auto") cannot serve the call.
+
+    call_limits(backend) -> str: why an available backend cannot serve this
+    particular call (features beyond device and dtype), "" if it can; `auto`
+    skips such backends. When `auto` can only serve with the slow reference
+    backend, the fastattn logger warns once with why the others cannot."""
     if not isinstance(requested, str):
         raise TypeError(f"backend must be a str, got {type(requested).__name__}")
+    from_env = requested == "auto"
+    if from_env:
+        requested = env_backend()
+
+    def why_not(backend: str) -> str:
+        return (unavailable_reason(backend, family, device, dtype)
+                or (call_limits(backend) if call_limits is not None else ""))
+
     if requested == "auto":
-        requested = os.environ.get("FASTATTN_BACKEND", "auto") or "auto"
-    if requested == "auto":
+        reasons = []
         for candidate in AUTO_ORDER.get(device.type, ("reference",)):
-            if not unavailable_reason(candidate, family, device, dtype):
+            why = why_not(candidate)
+            if not why:
+                if candidate == "reference":
+                    _warn_reference(family, device, dtype, reasons)
                 return candidate
+            reasons.append(f"{candidate}: {why}")
+        _warn_reference(family, device, dtype, reasons)
         return "reference"
-    why = unavailable_reason(requested, family, device, dtype)
+    why = why_not(requested)
     if why:
-        raise ValueError(f"backend={requested!r} cannot serve this {family} call: {why}")
+        source = "FASTATTN_BACKEND" if from_env else "backend"
+        raise ValueError(f"{source}={requested!r} cannot serve this {family} call: {why}")
     return requested
+
+
+def _warn_reference(family: str, device: torch.device, dtype, reasons: list[str]) -> None:
+    _log.warn_once(f"reference:{family}:{device.type}:{dtype}",
+                   "fastattn: %s on %s %s runs on the slow plain-PyTorch reference backend "
+                   "(%s). %s", family, device.type, str(dtype).replace("torch.", ""),
+                   "; ".join(reasons) or "no compiled backend for this device",
+                   _fix_hint(reasons))
+
+
+def _fix_hint(reasons: list[str]) -> str:
+    if any("fastattn._C" in r for r in reasons):
+        return ("Rebuild the extension for this torch: pip install --no-build-isolation "
+                "--force-reinstall fastattn (python -m fastattn.info shows the cause).")
+    return "python -m fastattn.info shows what is available."
 
 
 def backends() -> dict[str, dict[str, str]]:

@@ -7,6 +7,7 @@ dtypes and devices (never tensor data), so torch.compile traces through them.
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -36,12 +37,40 @@ def check_like(name: str, t: Optional[torch.Tensor], ref_name: str, ref: torch.T
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
 
 
+def is_real(x) -> bool:
+    """A Python number (not a bool), or the symbolic number torch.compile
+    traces in its place (dynamic shapes turn float arguments into SymFloat)."""
+    return not isinstance(x, bool) and isinstance(x, (int, float, torch.SymInt, torch.SymFloat))
+
+
+def is_symbolic(x) -> bool:
+    return isinstance(x, (torch.SymInt, torch.SymFloat))
+
+
 def check_probability(name: str, p) -> float:
-    if isinstance(p, bool) or not isinstance(p, (int, float)):
+    if not is_real(p):
         raise TypeError(f"{name} must be a float, got {type(p).__name__}")
+    if is_symbolic(p) or torch.compiler.is_compiling():  # value known at run time only
+        return p
     if not 0.0 <= p < 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {p}")
     return float(p)
+
+
+def check_scale(scale, head_dim: int):
+    """The softmax scale: 1/sqrt(head_dim) by default, else a finite number.
+    Under torch.compile the value is not checked: dynamo traces a float
+    argument as a symbolic value (dynamic shapes), and reading it would
+    specialize the graph on it (or fail)."""
+    if scale is None:
+        return 1.0 / math.sqrt(head_dim)
+    if not is_real(scale):
+        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
+    if is_symbolic(scale) or torch.compiler.is_compiling():
+        return scale
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be finite, got {scale}")
+    return float(scale)
 
 
 def check_flag(name: str, value) -> bool:
@@ -49,6 +78,14 @@ def check_flag(name: str, value) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
     return value
+
+
+def default_rms_eps(dtype: torch.dtype) -> float:
+    """rms_norm's eps when None, as torch computes it: the machine epsilon
+    of the arithmetic dtype, float32 for float16/bfloat16 inputs (torch
+    uses its opmath type, not finfo(input.dtype), whatever its docs say)."""
+    arith = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    return torch.finfo(arith).eps
 
 
 def check_eps(name: str, eps) -> float:

@@ -2,9 +2,9 @@
 
 Each case runs the op in a test dtype and judges the output, the lse and
 every gradient (q, k, v, a float mask that requires grad) against
-fastattn.reference on float64 copies of the same inputs, by GUIDE.md's
-protocol (helpers.assert_close): the kernel's error may be at most a few
-times the error that plain PyTorch makes computing attention in the test
+fastattn.reference on float64 copies of the same inputs, by the accuracy
+protocol of docs/TESTING.md (helpers.assert_close): the kernel's error may
+be at most a few times the error that plain PyTorch makes computing attention in the test
 dtype itself, plus a tiny floor. The loss also weighs the returned lse, so
 its gradient path is checked too.
 """
@@ -21,7 +21,7 @@ from hypothesis import given, settings, strategies as st
 import fastattn
 from fastattn import reference
 
-from helpers import assert_close, backend_params, dtypes_for
+from helpers import INTERPRET, assert_close, backend_params, dtypes_for
 
 BACKENDS = backend_params("attention")
 
@@ -210,8 +210,8 @@ def reference_fn(causal: bool, compute_dtype: Optional[torch.dtype] = None):
 
 def check_case(case: Case, backend: str, device: str, dtype: torch.dtype,
                compile_backend: Optional[str] = None):
-    """GUIDE.md protocol: out, lse and every gradient against the fp64 truth,
-    tolerance from plain PyTorch computing in `dtype`."""
+    """The accuracy protocol (docs/TESTING.md): out, lse and every gradient
+    against the fp64 truth, tolerance from plain PyTorch computing in `dtype`."""
     inputs = make_inputs(case, device, dtype)
     mask_grad = case.mask == "float_grad"
     fn = kernel_fn(backend, case.causal)
@@ -514,140 +514,92 @@ def test_property(backend, device, B, Hkv, group, Lq, Lk, D, causal, mask, mask_
     check_case(case, backend, device, dtype)
 
 
-# ------------------------------------------------------------- SDPA drop-in
+# ------------------------------------------------------------- head dims
 
-
-def _sdpa_inputs(N, Hq, Hkv, L, S, E, mask, device):
-    q = torch.randn(N, Hq, L, E, device=device)
-    k = torch.randn(N, Hkv, S, E, device=device)
-    v = torch.randn(N, Hkv, S, E, device=device)
-    m = None
-    if mask == "bool":
-        m = torch.rand(L, S, device=device) < 0.7
-        m[0] = False  # a row with nothing to attend: torch gives 0 there too
-    elif mask == "float":
-        m = torch.randn(N, 1, L, S, device=device)
-    return q, k, v, m
-
-
-@pytest.fixture
-def fastattn_kernels(monkeypatch, backend):
-    """Route the drop-in's automatic choice to `backend` (on CPU, auto would
-    otherwise never pick the interpreter), and fail if torch serves a call."""
-    monkeypatch.setenv("FASTATTN_BACKEND", backend)
-    real = torch.nn.functional.scaled_dot_product_attention
-
-    def torch_sdpa(*args, **kwargs):
-        raise AssertionError("the call was served by torch, not by fastattn")
-    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", torch_sdpa)
-    return real  # for the expected results
-
-
-SDPA_CASES = [
-    # N, Hq, Hkv, L, S, E, is_causal, mask, enable_gqa, scale
-    (2, 2, 2, 33, 33, 32, True, None, False, None),
-    (2, 2, 2, 17, 40, 64, True, None, False, None),
-    (2, 2, 2, 40, 17, 40, True, None, False, 0.2),
-    (2, 4, 2, 33, 20, 16, False, "bool", True, None),
-    (2, 2, 2, 20, 33, 80, False, "float", False, None),
-    (1, 4, 1, 1, 33, 64, False, None, True, None),
+# Any head dim from 1 to 256 (API.md): the kernels round D up to their tile
+# width inside (masked loads); the cuda backend pads it to a multiple of 8.
+HEAD_DIM_CASES = [
+    Case(2, 2, 1, 9, 13, 1, causal=True),
+    Case(1, 2, 2, 7, 7, 3, mask="float_grad", mask_shape="qk", mask_rank=2),
+    Case(2, 2, 2, 11, 5, 8, kv_lengths=True),
+    Case(2, 4, 2, 9, 17, 12, causal=True, mask="bool", mask_shape="Bk"),
+    Case(1, 2, 2, 33, 20, 33, q_lengths=True, kv_lengths=True, causal=True),
+    Case(1, 2, 1, 5, 40, 100, layout="blhd"),
+    Case(1, 1, 1, 6, 9, 255, causal=True),
 ]
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("N,Hq,Hkv,L,S,E,is_causal,mask,enable_gqa,scale", SDPA_CASES)
-def test_sdpa_matches_torch(fastattn_kernels, backend, device, N, Hq, Hkv, L, S, E, is_causal,
-                            mask, enable_gqa, scale):
-    torch_sdpa = fastattn_kernels
-    q, k, v, m = _sdpa_inputs(N, Hq, Hkv, L, S, E, mask, device)
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
-    kw = dict(attn_mask=m, is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
-    out = fastattn.scaled_dot_product_attention(*leaves, **kw)
-    dout = torch.randn_like(out)
-    grads = torch.autograd.grad(out, leaves, dout)
-
-    def torch_run(dtype):
-        ins = [t.to(dtype).requires_grad_() for t in (q, k, v)]
-        mk = m.to(dtype) if m is not None and m.is_floating_point() else m
-        o = torch_sdpa(*ins, **dict(kw, attn_mask=mk))
-        return o, torch.autograd.grad(o, ins, dout.to(dtype))
-
-    t_out, t_grads = torch_run(torch.float64)
-    b_out, b_grads = torch_run(torch.float32)
-    assert_close(out, t_out, b_out, name="out")
-    for name, g, t, b in zip("qkv", grads, t_grads, b_grads):
-        assert_close(g, t, b, name=f"grad {name}")
+@pytest.mark.parametrize("case", HEAD_DIM_CASES, ids=str)
+def test_any_head_dim(case, backend, device):
+    check_case(case, backend, device, torch.float32)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_sdpa_float_mask_gradient(fastattn_kernels, backend, device):
-    torch_sdpa = fastattn_kernels
-    q, k, v, m = _sdpa_inputs(2, 2, 2, 9, 13, 16, "float", device)
-    mask = m.clone().requires_grad_()
-    out = fastattn.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-    (g,) = torch.autograd.grad(out, [mask], torch.ones_like(out) * 0.5)
-    m64 = m.double().requires_grad_()
-    t_out = torch_sdpa(q.double(), k.double(), v.double(), attn_mask=m64)
-    (t_g,) = torch.autograd.grad(t_out, [m64], torch.full_like(t_out, 0.5))
-    m32 = m.clone().requires_grad_()
-    (b_g,) = torch.autograd.grad(torch_sdpa(q, k, v, attn_mask=m32), [m32],
-                                 torch.full_like(out, 0.5))
-    assert_close(g, t_g, b_g, name="grad attn_mask")
+@pytest.mark.parametrize("D", [0, 257, 512])
+def test_head_dim_out_of_range_names_it(D):
+    q = torch.randn(1, 2, 3, D)
+    with pytest.raises(ValueError, match="head dim"):
+        fastattn.attention(q, q, q)
 
 
-FALLBACK_CALLS = [
-    # (id, inputs builder, kwargs, the reason's words)
-    ("dropout", lambda: [torch.randn(1, 2, 5, 16)] * 3, dict(dropout_p=0.3), "dropout"),
-    ("value-head-dim", lambda: [torch.randn(1, 2, 5, 16), torch.randn(1, 2, 6, 16),
-                                torch.randn(1, 2, 6, 32)], {}, "head dim"),
-    ("3-d", lambda: [torch.randn(2, 5, 16)] * 3, {}, "4-D"),
-    ("head-dim-12", lambda: [torch.randn(1, 2, 5, 12)] * 3, {}, "head dim"),
-    ("mask-and-causal", lambda: [torch.randn(1, 2, 5, 16)] * 3,
-     dict(attn_mask=torch.ones(5, 5, dtype=torch.bool), is_causal=True), "is_causal"),
-    ("gqa-without-flag", lambda: [torch.randn(1, 4, 5, 16), torch.randn(1, 2, 5, 16),
-                                  torch.randn(1, 2, 5, 16)], {}, "enable_gqa"),
-]
+# ----------------------------------------------- bf16 under the interpreter
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
-@pytest.mark.parametrize("build,kwargs,words", [pytest.param(*c[1:], id=c[0])
-                                                for c in FALLBACK_CALLS])
-def test_sdpa_falls_back_to_torch(backend, device, build, kwargs, words, monkeypatch, caplog):
-    monkeypatch.setenv("FASTATTN_BACKEND", backend)
-    inputs = [t.to(device) for t in build()]
-    kwargs = {n: (t.to(device) if isinstance(t, torch.Tensor) else t) for n, t in kwargs.items()}
-    torch.manual_seed(3)
-    try:
-        expected = torch.nn.functional.scaled_dot_product_attention(*inputs, **kwargs)
-    except RuntimeError as exc:  # torch refuses the call: so must the drop-in
-        with pytest.raises(type(exc)):
-            fastattn.scaled_dot_product_attention(*inputs, **kwargs)
-        return
-    torch.manual_seed(3)
-    with caplog.at_level("DEBUG", logger="fastattn"):
-        out = fastattn.scaled_dot_product_attention(*inputs, **kwargs)
-    assert torch.equal(out, expected)
-    assert any("served by torch" in r.message and words in r.message for r in caplog.records), \
-        [r.message for r in caplog.records]
+@pytest.mark.skipif(not INTERPRET, reason="only the Triton interpreter computes bf16 wrongly")
+def test_interpreter_refuses_bf16_and_auto_avoids_it():
+    """The interpreter's bf16 tl.dot returns garbage (values near 1e9): a
+    named triton backend refuses, auto picks a backend that computes it."""
+    q = torch.randn(1, 2, 5, 16, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="bfloat16"):
+        fastattn.attention(q, q, q, backend="triton")
+    out = fastattn.attention(q, q, q)
+    expected = reference.attention(q.double(), q.double(), q.double())
+    assert (out.double() - expected).abs().max() < 0.05
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
-def test_sdpa_compiled(fastattn_kernels, backend, device):
-    q, k, v, _ = _sdpa_inputs(2, 2, 2, 17, 23, 32, None, device)
-    leaves = [t.clone().requires_grad_() for t in (q, k, v)]
+# ------------------------------------------- flash-attention's error budget
 
-    def fn(a, b, c):
-        return fastattn.scaled_dot_product_attention(a, b, c, is_causal=True)
+# flash-attention's own tests judge a kernel against plain PyTorch through
+# autograd (softmax backward), allowing 2x its error: a stricter baseline
+# than check_case's, whose PyTorch error is the larger of autograd's and
+# the flash formulas'. With an additive float mask that concentrates
+# attention (ALiBi as a mask, flash-attention's alibi_slopes ~ U(0, 0.3))
+# the flash formulas lose accuracy where dp - delta cancels; the cpu
+# backend keeps lse in float64 and forms dq from the row's own sum of
+# p * dp (csrc/cpu/attention_bwd.cpp) to stay within the budget.
+ALIBI_CASES = [(113, 203, 59, False), (128, 217, 32, True), (108, 256, 64, True),
+               (256, 128, 40, False)]
 
-    torch._dynamo.reset()
-    out = torch.compile(fn, backend="aot_eager", fullgraph=True)(*leaves)
-    grads = torch.autograd.grad(out.square().sum(), leaves)
-    ref = [t.double().requires_grad_() for t in (q, k, v)]
-    t_out = fastattn_kernels(*ref, is_causal=True)
-    t_grads = torch.autograd.grad(t_out.square().sum(), ref)
-    base = [t.clone().requires_grad_() for t in (q, k, v)]
-    b_out = fastattn_kernels(*base, is_causal=True)
-    b_grads = torch.autograd.grad(b_out.square().sum(), base)
-    assert_close(out, t_out, b_out)
-    for g, t, b in zip(grads, t_grads, b_grads):
-        assert_close(g, t, b)
+
+def _alibi(B, H, L, S, device):
+    slopes = torch.rand(B, H, 1, 1, dtype=torch.float64) * 0.3
+    rel = torch.arange(L).view(L, 1) + (S - L) - torch.arange(S).view(1, S)
+    return (-slopes * rel.abs()).to(device)
+
+
+@pytest.mark.parametrize("backend,device", [p for p in BACKENDS if p.id == "cpu-cpu"])
+@pytest.mark.parametrize("L,S,D,causal", ALIBI_CASES)
+def test_alibi_mask_within_flash_attention_budget(backend, device, L, S, D, causal):
+    B, H = 2, 3
+    q, k, v = (torch.randn(B, H, n, D, dtype=torch.float64) for n in (L, S, S))
+    dout = torch.randn(B, H, L, D, dtype=torch.float64)
+    bias = _alibi(B, H, L, S, device)
+    allowed = (torch.arange(S).view(1, S) <= torch.arange(L).view(L, 1) + S - L) if causal \
+        else torch.ones(L, S, dtype=torch.bool)
+
+    def plain(a, b, c, m):  # plain PyTorch, differentiated by autograd
+        s = (a @ b.transpose(-1, -2)) * D ** -0.5 + m
+        p = torch.softmax(s.masked_fill(~allowed, float("-inf")), dim=-1)
+        return p @ c
+
+    def run(fn, dtype):
+        leaves = [t.to(dtype).requires_grad_() for t in (q, k, v)]
+        out = fn(*leaves, bias.to(dtype))
+        return (out, *torch.autograd.grad(out, leaves, dout.to(dtype)))
+
+    truth = run(plain, torch.float64)
+    torch32 = run(plain, torch.float32)
+    ours = run(lambda a, b, c, m: fastattn.attention(a, b, c, attn_mask=m, causal=causal,
+                                                     backend=backend), torch.float32)
+    for name, o, t, b in zip(("out", "dq", "dk", "dv"), ours, truth, torch32):
+        assert_close(o, t, b, name=name, multiple=2.0)

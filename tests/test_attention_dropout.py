@@ -3,7 +3,7 @@
 The reference draws the identical mask from the same torch seed
 (fastattn._rng, row = (b * Hq + h) * Lq + i, col = j), so a kernel with
 dropout is judged against the reference exactly like one without: output,
-lse and every gradient, by GUIDE.md's protocol. The mask itself is read
+lse and every gradient, by the accuracy protocol (docs/TESTING.md). The mask itself is read
 back from the kernel with an identity V (out = the dropped probabilities)
 and compared with the hash, which also checks the keep rate and the
 1 / (1 - p) scaling.
@@ -141,7 +141,3 @@ def test_dropout_gradcheck(backend, device):
     assert torch.autograd.gradcheck(fn, (q, k, v), eps=1e-6, atol=1e-6, rtol=1e-4,
                                     fast_mode=True)
 
-
-def test_auto_does_not_exclude_triton_for_dropout():
-    from fastattn.ops import attention as ops
-    assert ops.call_unsupported_reason("triton", torch.float32, 0.1) == ""

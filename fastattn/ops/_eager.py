@@ -19,10 +19,10 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
 def eager_ok(*tensors) -> bool:
-    """True in plain eager execution: no torch.compile tracing, no dispatch
-    mode or functorch transform active, plain tensors (no fake, meta or
-    subclass tensors). None entries are skipped."""
-    if torch.compiler.is_compiling():
+    """True in plain eager execution: no torch.compile or torch.jit.trace
+    tracing, no dispatch mode or functorch transform active, plain tensors
+    (no fake, meta or subclass tensors). None entries are skipped."""
+    if torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None:
         return False
     if torch._C._len_torch_dispatch_stack() or torch._C._functorch.peek_interpreter_stack():
         return False

@@ -1,7 +1,7 @@
 """Attention: argument checks, backend choice, registration, autograd.
 
-``fastattn.attention`` (and the SDPA drop-in, which maps torch's arguments
-onto it) reduces to one pair of ``torch.library`` ops:
+``fastattn.attention`` (and the SDPA drop-in of fastattn/ops/sdpa.py, which
+maps torch's arguments onto it) reduces to one pair of ``torch.library`` ops:
 
     fastattn::attention_fwd(q, k, v, attn_mask?, q_lengths?, kv_lengths?, seed?,
                             causal, scale, dropout_p, backend,
@@ -32,8 +32,8 @@ Outputs:
   out  like q (dtype, and memory layout when q is dense); rows with no key
       to attend and rows i >= q_len are 0.
   lse  (B, Hq, Lq) contiguous, natural-log logsumexp of the scaled, masked
-      scores, float32 (float64 for float64 inputs); -inf where a row has
-      nothing to attend.
+      scores, float32 (float64 for float64 inputs, and on the cpu backend:
+      lse_dtype); -inf where a row has nothing to attend.
   dq, dk, dv  like q, k, v; zero for rows/keys that take no part.
   dmask  the mask's shape and dtype, the gradient of a floating mask summed
       over its broadcast dims, when mask_grad; otherwise shape (0,).
@@ -61,9 +61,6 @@ deterministic as PyTorch's CPU matmuls are.
 
 from __future__ import annotations
 
-import logging
-import math
-import os
 from typing import Optional
 
 import torch
@@ -72,38 +69,18 @@ from torch import Tensor
 from .. import _backends, _checks
 from ._eager import eager_ok, needs_grad
 
-log = logging.getLogger("fastattn")
-
-MIN_HEAD_DIM = 16
+MIN_HEAD_DIM = 1
 MAX_HEAD_DIM = 256
 LENGTH_DTYPES = (torch.int32, torch.int64)
 
 # ---------------------------------------------------------------- dispatch
 
 
-def call_unsupported_reason(backend: str, dtype: torch.dtype, dropout_p: float) -> str:
-    """Empty if `backend` (available on the device) serves this particular
-    call, else why not. Per-call limits beyond fastattn._backends' device
-    and dtype checks live here."""
-    return ""
-
-
-def pick_backend(requested: str, q: Tensor, dropout_p: float) -> str:
-    """The backend that serves this call. `auto` takes the first backend in
+def pick_backend(requested: str, q: Tensor) -> str:
+    """The backend that serves this call: `auto` takes the first backend in
     the device's preference order that can; a named backend (argument or
     FASTATTN_BACKEND) that cannot raises ValueError saying why."""
-    chosen = _backends.resolve(requested, "attention", q.device, q.dtype)
-    why = call_unsupported_reason(chosen, q.dtype, dropout_p)
-    if not why:
-        return chosen
-    explicit = requested != "auto" or bool(os.environ.get("FASTATTN_BACKEND", ""))
-    if explicit:
-        raise ValueError(f"backend={chosen!r} cannot serve this attention call: {why}")
-    for candidate in _backends.AUTO_ORDER.get(q.device.type, ()):
-        if (not _backends.unavailable_reason(candidate, "attention", q.device, q.dtype)
-                and not call_unsupported_reason(candidate, q.dtype, dropout_p)):
-            return candidate
-    return "reference"
+    return _backends.resolve(requested, "attention", q.device, q.dtype)
 
 
 def _like(t: Tensor, value: Tensor) -> Tensor:
@@ -129,8 +106,28 @@ def _reference_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengt
     return _like(q, dq), _like(k, dk), _like(v, dv), dmask
 
 
+# The cuda kernels take head dims in multiples of CUDA_HEAD_DIM_STEP; others
+# are zero-padded (a zero column adds nothing to q.k, and gives a zero output
+# column that is cut off again).
+CUDA_HEAD_DIM_STEP = 8
+
+
+def _cuda_head_dim_pad(D: int) -> int:
+    return -D % CUDA_HEAD_DIM_STEP
+
+
+def _pad_last(t: Optional[Tensor], pad: int) -> Optional[Tensor]:
+    return t if t is None else torch.nn.functional.pad(t, (0, pad))
+
+
 def _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p,
              deterministic=False):
+    if backend == "cuda" and _cuda_head_dim_pad(q.shape[-1]):
+        pad = _cuda_head_dim_pad(q.shape[-1])
+        out, lse = torch.ops.fastattn.attention_fwd_native(
+            _pad_last(q, pad), _pad_last(k, pad), _pad_last(v, pad), attn_mask, q_lengths,
+            kv_lengths, seed, causal, scale, dropout_p)
+        return _like(q, out[..., :q.shape[-1]]), lse
     if backend == "triton":
         from ..triton import attention as triton_attention
         return triton_attention.attention_fwd(q, k, v, attn_mask, q_lengths, kv_lengths,
@@ -144,6 +141,14 @@ def _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, s
 
 def _run_bwd(backend, dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed,
              causal, scale, dropout_p, mask_grad, deterministic=False):
+    if backend == "cuda" and _cuda_head_dim_pad(q.shape[-1]):
+        pad = _cuda_head_dim_pad(q.shape[-1])
+        dq, dk, dv, dmask = torch.ops.fastattn.attention_bwd_native(
+            _pad_last(dout, pad), dlse, _pad_last(q, pad), _pad_last(k, pad), _pad_last(v, pad),
+            _pad_last(out, pad), lse, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
+            dropout_p, mask_grad)
+        D = q.shape[-1]
+        return _like(q, dq[..., :D]), _like(k, dk[..., :D]), _like(v, dv[..., :D]), dmask
     if backend == "triton":
         from ..triton import attention as triton_attention
         return triton_attention.attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask,
@@ -160,8 +165,16 @@ def _run_bwd(backend, dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_le
 # ------------------------------------------------------------ registration
 
 
-def _lse_dtype(dtype: torch.dtype) -> torch.dtype:
+def public_lse_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the lse that attention() returns: float32, float64 for float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def lse_dtype(dtype: torch.dtype, backend: str) -> torch.dtype:
+    """dtype of the op's lse: the public one, but float64 on the cpu
+    backend, whose backward needs lse exact to well below a float's rounding
+    at |lse| (csrc/cpu/attention_cpu.h)."""
+    return torch.float64 if backend == "cpu" else public_lse_dtype(dtype)
 
 
 @torch.library.custom_op("fastattn::attention_fwd", mutates_args=())
@@ -177,7 +190,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
 def _(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p, backend,
       deterministic=False):
     B, Hq, Lq, _ = q.shape
-    return torch.empty_like(q), q.new_empty((B, Hq, Lq), dtype=_lse_dtype(q.dtype))
+    return torch.empty_like(q), q.new_empty((B, Hq, Lq), dtype=lse_dtype(q.dtype, backend))
 
 
 @torch.library.custom_op("fastattn::attention_bwd", mutates_args=())
@@ -280,9 +293,9 @@ def _check_qkv(q, k, v, *, packed: bool = False):
     if k.shape[1] == 0 or Hq % k.shape[1] != 0:
         raise ValueError(f"the number of query heads of q ({Hq}) must be a multiple of the "
                          f"number of kv heads of k ({k.shape[1]})")
-    if not (MIN_HEAD_DIM <= D <= MAX_HEAD_DIM and D % 8 == 0):
-        raise ValueError(f"head dim of q must be a multiple of 8 in [{MIN_HEAD_DIM}, "
-                         f"{MAX_HEAD_DIM}], got {D}")
+    if not MIN_HEAD_DIM <= D <= MAX_HEAD_DIM:
+        raise ValueError(f"head dim of q must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], "
+                         f"got shape {tuple(q.shape)}")
 
 
 def _check_mask(attn_mask, q, full_shape) -> Optional[Tensor]:
@@ -335,16 +348,6 @@ def _check_lengths(name: str, lengths, q: Tensor, limit: int, limit_name: str):
     return lengths.contiguous()
 
 
-def _check_scale(scale, head_dim: int) -> float:
-    if scale is None:
-        return 1.0 / math.sqrt(head_dim)
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    if not math.isfinite(scale):
-        raise ValueError(f"scale must be finite, got {scale}")
-    return float(scale)
-
-
 # ----------------------------------------------------------------- frontend
 
 
@@ -378,9 +381,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     q_lengths = _check_lengths("q_lengths", q_lengths, q, Lq, "Lq")
     kv_lengths = _check_lengths("kv_lengths", kv_lengths, q, Lk, "Lk")
     dropout_p = _checks.check_probability("dropout_p", dropout_p)
-    scale = _check_scale(scale, D)
+    scale = _checks.check_scale(scale, D)
     deterministic = deterministic_mode(deterministic)
-    chosen = pick_backend(backend, q, dropout_p)
+    chosen = pick_backend(backend, q)
     return _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale,
                       return_lse, chosen, deterministic)
 
@@ -410,103 +413,6 @@ def _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale, 
         out, lse = _AttentionFunction.apply(*args, chosen, deterministic)
     else:  # inference: the backend itself
         out, lse = _run_fwd(chosen, *args, deterministic)
-    return (out, lse) if return_lse else out
-
-
-# ------------------------------------------------------ SDPA drop-in
-
-
-def _sdpa_unsupported(query, key, value, attn_mask, dropout_p, is_causal, scale,
-                      enable_gqa) -> str:
-    """Empty if fastattn's kernels serve this torch SDPA call exactly, else
-    why not (then torch serves it, and raises whatever torch raises)."""
-    ts = (query, key, value)
-    if not all(isinstance(t, Tensor) for t in ts):
-        return "query, key and value are not all tensors"
-    if not isinstance(is_causal, bool) or not isinstance(enable_gqa, bool):
-        return "is_causal or enable_gqa is not a bool"
-    if any(t.dim() != 4 for t in ts):
-        return "only 4-D (N, H, L, E) inputs are served"
-    if len({t.dtype for t in ts}) != 1 or not query.is_floating_point():
-        return "query, key and value do not share one floating dtype"
-    if len({t.device for t in ts}) != 1:
-        return "query, key and value are on different devices"
-    (N, Hq, L, E), (Nk, Hkv, S, Ek) = query.shape, key.shape
-    if Nk != N or tuple(value.shape) != tuple(key.shape) or Ek != E:
-        return "key/value shapes differ from what the kernels take (same batch, head dim)"
-    if not (MIN_HEAD_DIM <= E <= MAX_HEAD_DIM and E % 8 == 0):
-        return f"head dim {E} is not a multiple of 8 in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}]"
-    if Hkv == 0 or Hq % Hkv != 0 or (Hq != Hkv and not enable_gqa):
-        return "query and key head counts differ without enable_gqa"
-    if L == 0 or S == 0 or N == 0:
-        return "empty inputs"
-    if attn_mask is not None:
-        if is_causal:
-            return "attn_mask together with is_causal"
-        if not isinstance(attn_mask, Tensor) or attn_mask.device != query.device:
-            return "attn_mask is not a tensor on the device of query"
-        if attn_mask.dtype != torch.bool and attn_mask.dtype != query.dtype:
-            return "attn_mask is neither bool nor of query's dtype"
-        if attn_mask.dim() > 4 or not all(
-                s in (1, f) for s, f in zip(attn_mask.shape[::-1], (N, Hq, L, S)[::-1])):
-            return "attn_mask does not broadcast to (N, H, L, S)"
-    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float)) or not (
-            0.0 <= dropout_p < 1.0):
-        return "dropout_p is not a float in [0, 1)"
-    if dropout_p > 0:
-        # fastattn's dropout (counter-based, fastattn._rng) draws other masks
-        # than torch's generator stream: only torch reproduces torch's call.
-        return "dropout_p > 0 (torch's dropout masks come from its own random stream)"
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not math.isfinite(scale)):
-        return "scale is not a finite float"
-    try:
-        chosen = pick_backend("auto", query, float(dropout_p))
-    except ValueError as exc:  # FASTATTN_BACKEND names a backend that cannot serve it
-        return str(exc)
-    if chosen == "reference":
-        why = call_unsupported_reason("triton", query.dtype, float(dropout_p))
-        return why or "no fastattn kernel backend runs on these tensors"
-    return ""
-
-
-def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
-                                 attn_mask: Optional[Tensor] = None, dropout_p: float = 0.0,
-                                 is_causal: bool = False, scale: Optional[float] = None,
-                                 enable_gqa: bool = False) -> Tensor:
-    """Drop-in for ``torch.nn.functional.scaled_dot_product_attention``.
-
-    Served by fastattn's kernels when they support the call, otherwise by
-    torch (the reason is logged at debug level on the "fastattn" logger).
-    torch's ``is_causal`` is aligned to the top left (query i sees keys
-    j <= i), fastattn's causal to the bottom right; they agree when L == S.
-    For L < S the top-left band is the bottom-right one of a batch whose
-    keys stop at L, so kv_lengths = L expresses it (and the kernels skip the
-    keys beyond L). For L > S no lengths express it (rows i >= S see every
-    key yet must not be zeroed), so a bool (L, S) lower-triangular mask,
-    broadcast over batch and heads, does.
-    """
-    why = _sdpa_unsupported(query, key, value, attn_mask, dropout_p, is_causal, scale,
-                            enable_gqa)
-    if why:
-        if log.isEnabledFor(logging.DEBUG) and not torch.compiler.is_compiling():
-            log.debug("scaled_dot_product_attention served by torch: %s", why)
-        return torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-            scale=scale, enable_gqa=enable_gqa)
-    L, S = query.shape[2], key.shape[2]
-    causal, kv_lengths = False, None
-    if is_causal:
-        if L == S:
-            causal = True
-        elif L < S:
-            causal = True
-            kv_lengths = torch.full((query.shape[0],), L, dtype=torch.int32,
-                                    device=query.device)
-        else:
-            attn_mask = torch.ones(L, S, dtype=torch.bool, device=query.device).tril()
-    N, Hq, _, E = query.shape
-    mask4 = _check_mask(attn_mask, query, (N, Hq, L, S))
-    return _attention(query, key, value, causal, mask4, None, kv_lengths, float(dropout_p),
-                      _check_scale(scale, E), False, pick_backend("auto", query, dropout_p),
-                      torch.are_deterministic_algorithms_enabled())
+    if not return_lse:
+        return out
+    return out, lse.to(public_lse_dtype(q.dtype))

@@ -31,15 +31,13 @@ with lengths, which skip the padding, and packs the results) and reference
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
-from .. import _backends, _checks
-from .attention import (_check_qkv, _check_scale, _values_checkable,
-                        deterministic_mode)
+from .. import _backends, _checks, _log
+from .attention import _check_qkv, _values_checkable, deterministic_mode, public_lse_dtype
 
 VARLEN_BACKENDS = ("triton", "cpu", "reference")
 
@@ -50,11 +48,13 @@ def pick_backend(requested: str, q: Tensor) -> str:
     chosen = _backends.resolve(requested, "attention", q.device, q.dtype)
     if chosen in VARLEN_BACKENDS:
         return chosen
-    if requested != "auto" and not os.environ.get("FASTATTN_BACKEND", ""):
+    if requested != "auto":
         raise ValueError(f"backend={chosen!r} does not implement attention_varlen; "
                          f"use one of {VARLEN_BACKENDS} or 'auto'")
     if not _backends.unavailable_reason("triton", "attention", q.device, q.dtype):
         return "triton"
+    _log.warn_once(f"varlen:{chosen}", "fastattn.attention_varlen: FASTATTN_BACKEND=%s has "
+                   "no varlen kernels; the slow reference backend serves it", chosen)
     return "reference"
 
 
@@ -68,7 +68,7 @@ def _run_fwd(backend, q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dr
     out, lse = reference._attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal,
                                            dropout_p, scale, seed,
                                            padded=_native_padded if backend == "cpu" else None)
-    return torch.empty_like(q).copy_(out), lse.contiguous()
+    return torch.empty_like(q).copy_(out), lse.to(public_lse_dtype(q.dtype)).contiguous()
 
 
 # The cpu backend's padded kernels with reference._attention's arguments.
@@ -96,8 +96,8 @@ def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
 @attention_varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q, max_seqlen_k, causal, scale,
       dropout_p, backend, deterministic=False):
-    lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=lse_dtype)
+    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]),
+                                            dtype=public_lse_dtype(q.dtype))
 
 
 @torch.library.custom_op("fastattn::attention_varlen_bwd", mutates_args=())
@@ -204,7 +204,7 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
     causal = _checks.check_flag("causal", causal)
     return_lse = _checks.check_flag("return_lse", return_lse)
     dropout_p = _checks.check_probability("dropout_p", dropout_p)
-    scale = _check_scale(scale, q.shape[2])
+    scale = _checks.check_scale(scale, q.shape[2])
     deterministic = deterministic_mode(deterministic)
     chosen = pick_backend(backend, q)
 
