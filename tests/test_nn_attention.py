@@ -124,3 +124,115 @@ def test_self_attention_projection_is_not_copied():
     q, k, v = ours._project(x, x, x)
     assert q.untyped_storage().data_ptr() == k.untyped_storage().data_ptr() == \
         v.untyped_storage().data_ptr()
+
+
+# ------------------------------------------------- torch's contract, not ours
+
+
+def _twins(embed=E, heads=H, **kwargs):
+    """torch's module and fastattn's, same weights, fp32."""
+    torch_mha = torch.nn.MultiheadAttention(embed, heads, **kwargs)
+    ours = fastattn.nn.MultiheadAttention(embed, heads, **kwargs)
+    ours.load_state_dict(torch_mha.state_dict())
+    return torch_mha.eval(), ours.eval()
+
+
+def test_causal_hint_drops_the_mask_as_torch_does():
+    """is_causal=True with need_weights=False and no key padding mask: torch
+    ignores attn_mask whatever its shape and applies a causal mask."""
+    torch_mha, ours = _twins(batch_first=True)
+    x = torch.randn(2, 6, E)
+    odd_mask = torch.zeros(3, 4)  # no valid shape at all: torch never looks at it
+    expected, _ = torch_mha(x, x, x, attn_mask=odd_mask, is_causal=True, need_weights=False)
+    with FastattnOpCounter() as counter:
+        got, _ = ours(x, x, x, attn_mask=odd_mask, is_causal=True, need_weights=False)
+    assert counter.counts.get("attention_fwd", 0) == 1
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def _bad_calls():
+    x = torch.randn(2, 6, E)
+    kpm = torch.zeros(2, 6, dtype=torch.bool)
+    return [
+        ("is-causal-without-mask", (x, x, x), dict(is_causal=True)),
+        ("query-4d", (x[None], x[None], x[None]), {}),
+        ("key-2d", (x, x[0], x[0]), {}),
+        ("embed-dim", (x[..., :E - 8], x[..., :E - 8], x[..., :E - 8]), {}),
+        ("key-value-shape", (x, x, x[:, :5]), {}),
+        ("mask-2d-shape", (x, x, x), dict(attn_mask=torch.zeros(5, 6))),
+        ("mask-3d-shape", (x, x, x), dict(attn_mask=torch.zeros(3, 6, 6))),
+        ("mask-4d", (x, x, x), dict(attn_mask=torch.zeros(2, H, 6, 6))),
+        ("mask-int", (x, x, x), dict(attn_mask=torch.zeros(6, 6, dtype=torch.int64))),
+        ("kpm-int", (x, x, x), dict(key_padding_mask=kpm.long())),
+        ("kpm-shape", (x, x, x), dict(key_padding_mask=kpm[:, :5])),
+        ("kpm-3d", (x, x, x), dict(key_padding_mask=kpm[None])),
+        ("key-batch", (x, torch.randn(3, 6, E), torch.randn(3, 6, E)), {}),
+        ("query-list", ([[0.0] * E], x, x), {}),
+        ("query-int", (x.long(), x.long(), x.long()), {}),
+    ]
+
+
+@pytest.mark.parametrize("args,kwargs", [pytest.param(a, k, id=i) for i, a, k in _bad_calls()])
+def test_bad_input_raises_what_torch_raises(args, kwargs):
+    """Code written against torch's module (``except AssertionError``
+    included) keeps working after the swap."""
+    torch_mha, ours = _twins(batch_first=True)
+    with pytest.raises(Exception) as torch_error:
+        torch_mha(*args, need_weights=False, **kwargs)
+    with pytest.raises(Exception) as our_error:
+        ours(*args, need_weights=False, **kwargs)
+    assert type(our_error.value) is type(torch_error.value), (our_error.value, torch_error.value)
+    # Where fastattn words the message, it names the argument (or quotes torch's).
+    words = ("query", "key", "value", "attn_mask", "key_padding_mask", "is_causal")
+    assert any(w in str(our_error.value) for w in words) or \
+        str(our_error.value) == str(torch_error.value), our_error.value
+
+
+def test_torchscript_names_the_supported_paths():
+    _, ours = _twins()
+    with pytest.raises(RuntimeError, match="torch.compile"):
+        torch.jit.script(ours)
+    layer = fastattn.swap_modules(torch.nn.TransformerEncoderLayer(E, H, batch_first=True))
+    with pytest.raises(RuntimeError, match="torch.export"):
+        torch.jit.script(layer)
+
+
+def test_need_weights_default_warns_once_with_the_fix(caplog):
+    """attn(x, x, x) (need_weights=True, torch's default) gets torch's
+    result, computed by torch; the fastattn logger says so once, and how
+    to run fastattn instead."""
+    from fastattn import _log
+    torch_mha, ours = _twins(batch_first=True)
+    x = torch.randn(2, 5, E)
+    _log.reset_for_tests()
+    with caplog.at_level("WARNING", logger="fastattn"):
+        out, weights = ours(x, x, x)
+        ours(x, x, x)
+    expected, expected_weights = torch_mha(x, x, x)
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(weights, expected_weights)
+    said = [r.message for r in caplog.records if "need_weights" in r.message]
+    assert len(said) == 1 and "need_weights=False" in said[0], said
+
+
+@pytest.mark.parametrize("embed,heads", [(16, 2), (36, 3), (8, 8)])
+def test_small_head_dims_run_fastattn(embed, heads):
+    """Head dims 8, 12 and 1 (below the kernels' tile width) are fastattn's
+    to compute, not torch's."""
+    torch_mha, ours = _twins(embed, heads, batch_first=True)
+    x = torch.randn(2, 7, embed)
+    kpm = _right_padding(2, 7)
+    with FastattnOpCounter() as counter:
+        got, _ = ours(x, x, x, key_padding_mask=kpm, need_weights=False)
+    assert counter.counts.get("attention_fwd", 0) == 1
+    expected, _ = torch_mha(x, x, x, key_padding_mask=kpm, need_weights=False)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_head_dim_over_256_is_torchs(caplog):
+    torch_mha, ours = _twins(2 * 272, 2, batch_first=True)
+    x = torch.randn(1, 3, 2 * 272)
+    with caplog.at_level("WARNING", logger="fastattn"):
+        got, _ = ours(x, x, x, need_weights=False)
+    expected, _ = torch_mha(x, x, x, need_weights=False)
+    torch.testing.assert_close(got, expected)

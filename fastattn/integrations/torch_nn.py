@@ -16,9 +16,10 @@ _LAYERS = {
 
 
 def swap_torch_modules(model: torch.nn.Module, *, attention: bool, norm: bool,
-                       backend: str) -> int:
-    """Convert torch.nn modules of ``model`` in place; returns how many."""
-    swapped = 0
+                       backend: str) -> dict[str, int]:
+    """Convert torch.nn modules of ``model`` in place; returns how many of
+    each class."""
+    swapped: dict[str, int] = {}
     for module in model.modules():
         cls = type(module)
         if attention and cls is torch.nn.MultiheadAttention:
@@ -38,5 +39,5 @@ def swap_torch_modules(model: torch.nn.Module, *, attention: bool, norm: bool,
             continue
         else:
             continue
-        swapped += 1
+        swapped[cls.__name__] = swapped.get(cls.__name__, 0) + 1
     return swapped

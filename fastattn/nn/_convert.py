@@ -1,8 +1,20 @@
-"""In-place conversion of a torch module into its fastattn subclass."""
+"""In-place conversion of a torch module into its fastattn subclass, and
+what the subclasses share."""
 
 from __future__ import annotations
 
 import torch
+
+
+def refuse_torchscript(module: torch.nn.Module):
+    """``__prepare_scriptable__`` of fastattn's modules: torch.jit.script
+    calls it before compiling a module. TorchScript cannot call fastattn's
+    kernels (Python frontends over torch.library ops), so say which paths
+    keep them instead of failing later on an unrelated annotation."""
+    raise RuntimeError(
+        f"torch.jit.script cannot compile {type(module).__name__} (fastattn): TorchScript "
+        "cannot call fastattn's kernels. Use torch.compile(model) or torch.export.export(model, "
+        "args), which keep them; or script the model before fastattn.swap_modules.")
 
 
 class ConvertibleFromTorch:
@@ -15,3 +27,5 @@ class ConvertibleFromTorch:
         module.__class__ = cls
         module.backend = backend
         return module
+
+    __prepare_scriptable__ = refuse_torchscript

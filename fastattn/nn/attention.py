@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.overrides import has_torch_function
 
+from .. import _log
+from ..ops.attention import MAX_HEAD_DIM
 from ._convert import ConvertibleFromTorch
 
 
@@ -30,18 +34,20 @@ def _as_allow_mask(mask: Tensor, query_dtype: torch.dtype) -> Tensor:
     convention (bool: True = may attend; float: added)."""
     if mask.dtype == torch.bool:
         return ~mask
-    if not mask.is_floating_point():
-        raise TypeError(f"attn_mask must be bool or floating point, got {mask.dtype}")
     return mask.to(query_dtype)
 
 
 class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
     """``torch.nn.MultiheadAttention`` running fastattn's attention.
 
-    Same constructor, parameters, state_dict and forward signature. With
-    ``need_weights=True`` the weights are computed by torch's own path (they
-    require the full attention matrix anyway). Projections are sliced as
-    views of one packed projection for self-attention, never copied.
+    Same constructor, parameters, state_dict and forward signature, and
+    torch's semantics: its masks, its ``is_causal`` hint, its exceptions
+    (AssertionError and RuntimeError where torch raises them). Torch itself
+    computes what fastattn's kernels cannot, and the ``fastattn`` logger
+    says so once per cause: ``need_weights=True`` (torch's default; the
+    weights need the full attention matrix), nested tensors, tensor
+    subclasses, head dims over 256. Projections are sliced as views of one
+    packed projection for self-attention, never copied.
     """
 
     def __init__(self, *args, backend: str = "auto", **kwargs):
@@ -52,60 +58,88 @@ class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
                 key_padding_mask: Optional[Tensor] = None, need_weights: bool = True,
                 attn_mask: Optional[Tensor] = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[Tensor, Optional[Tensor]]:
-        nested = isinstance(query, Tensor) and query.is_nested
-        if not nested:
-            self._check_inputs(query, key, value, key_padding_mask, attn_mask)
-        # Head dims the kernels do not take (e.g. 8) go through torch's path,
-        # so that swapping never breaks a model that runs under torch.
-        if need_weights or nested or not _kernels_take_head_dim(self.head_dim):
+        why = self._torch_serves(query, key, value, key_padding_mask, attn_mask, need_weights)
+        if why:
+            _log.warn_once(f"mha:{why}", "fastattn.nn.MultiheadAttention: torch computes calls "
+                           "with %s", why)
             return super().forward(query, key, value, key_padding_mask=key_padding_mask,
                                    need_weights=need_weights, attn_mask=attn_mask,
                                    average_attn_weights=average_attn_weights,
                                    is_causal=is_causal)
+        self._check_inputs(query, key, value, key_padding_mask, attn_mask, is_causal)
         return self._fast_forward(query, key, value, key_padding_mask, attn_mask, is_causal), None
 
+
     # ------------------------------------------------------------------
-    def _check_inputs(self, query, key, value, key_padding_mask, attn_mask) -> None:
-        """torch's checks (which are asserts) as ValueError/TypeError naming
-        the argument, before any projection runs."""
+    def _torch_serves(self, query, key, value, key_padding_mask, attn_mask,
+                      need_weights) -> str:
+        """Why torch computes this call (empty: fastattn does)."""
+        if need_weights:
+            return ("need_weights=True (torch's default): the attention weights need the full "
+                    "attention matrix; pass need_weights=False to run fastattn's kernels")
+        tensors = (query, key, value, key_padding_mask, attn_mask)
+        if not all(t is None or isinstance(t, Tensor) for t in tensors):
+            return "arguments that are not tensors"
+        if has_torch_function(tuple(t for t in tensors if t is not None)):
+            return "tensor subclasses (torch dispatches them)"
+        if query.is_nested or key.is_nested or value.is_nested:
+            return "nested tensors"
+        if self.head_dim > MAX_HEAD_DIM:
+            return f"head dim {self.head_dim} (fastattn's kernels take up to {MAX_HEAD_DIM})"
+        return ""
+
+    def _check_inputs(self, query, key, value, key_padding_mask, attn_mask, is_causal) -> None:
+        """torch's checks, with torch's exception types and in torch's order,
+        before any projection runs (torch.nn.functional.multi_head_attention_forward).
+        Where torch fails only later (in a projection or a view), the same
+        exception type, with a message that names the argument."""
+        for name, m in (("key_padding_mask", key_padding_mask), ("attn_mask", attn_mask)):
+            if m is not None and m.dtype != torch.bool and not m.is_floating_point():
+                raise AssertionError(f"only bool and floating types of {name} are supported")
+        if key_padding_mask is not None and attn_mask is not None \
+                and key_padding_mask.dtype != attn_mask.dtype:
+            warnings.warn("Support for mismatched key_padding_mask and attn_mask is "
+                          "deprecated. Use same type for both instead.", stacklevel=3)
+        # dims of query/key/value and the masks; raises AssertionError
+        batched = F._mha_shape_check(query, key, value, key_padding_mask, attn_mask,
+                                     self.num_heads)
+        if is_causal and attn_mask is None:
+            raise RuntimeError("Need attn_mask if specifying the is_causal hint. You may use "
+                               "the Transformer module method `generate_square_subsequent_mask` "
+                               "to create this mask.")
         for name, t in (("query", query), ("key", key), ("value", value)):
-            if not isinstance(t, Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
             if not t.is_floating_point():
-                raise TypeError(f"{name} must be floating point, got {t.dtype}")
-        if query.dim() not in (2, 3):
-            raise ValueError(f"query must be 2-D (L, E) or 3-D, got shape {tuple(query.shape)}")
-        for name, t, e in (("query", query, self.embed_dim), ("key", key, self.kdim),
-                           ("value", value, self.vdim)):
-            if t.dim() != query.dim():
-                raise ValueError(f"{name} must have the rank of query ({query.dim()}), "
-                                 f"got shape {tuple(t.shape)}")
-            if t.shape[-1] != e:
-                raise ValueError(f"{name} must have {e} features in its last dim, "
-                                 f"got shape {tuple(t.shape)}")
-        batched = query.dim() == 3
+                raise RuntimeError(f"{name} must be floating point (the projections' dtype), "
+                                   f"got {t.dtype}")
+        if query.shape[-1] != self.embed_dim:
+            raise AssertionError(f"query: was expecting embedding dimension of "
+                                 f"{self.embed_dim}, but got {query.shape[-1]}")
+        if self._qkv_same_embed_dim and key.shape != value.shape:
+            raise AssertionError(f"key shape {key.shape} does not match value shape "
+                                 f"{value.shape}")
+        if not self._qkv_same_embed_dim and key.shape[:-1] != value.shape[:-1]:
+            raise AssertionError(f"key's sequence and batch dims {key.shape[:-1]} do not "
+                                 f"match value's {value.shape[:-1]}")
         b_dim = 0 if self.batch_first else 1
-        n = query.shape[b_dim] if batched else None
-        if batched and key.shape[b_dim] != n:
-            raise ValueError(f"key must have the batch size of query ({n}), "
-                             f"got shape {tuple(key.shape)}")
-        if value.shape[:-1] != key.shape[:-1]:
-            raise ValueError(f"value must match key in all but the last dim, "
-                             f"got {tuple(value.shape)} and {tuple(key.shape)}")
+        n = query.shape[b_dim] if batched else 1
         s = key.shape[1 - b_dim] if batched else key.shape[0]
         lq = query.shape[1 - b_dim] if batched else query.shape[0]
+        if batched and key.shape[b_dim] != n:
+            raise RuntimeError(f"key must have the batch size of query ({n}), "
+                               f"got shape {tuple(key.shape)}")
+        # torch drops attn_mask for the causal hint (no key padding mask)
+        if attn_mask is not None and not (is_causal and key_padding_mask is None):
+            if attn_mask.dim() == 2 and tuple(attn_mask.shape) != (lq, s):
+                raise RuntimeError(f"The shape of the 2D attn_mask is {attn_mask.shape}, but "
+                                   f"should be {(lq, s)}.")
+            if attn_mask.dim() == 3 and tuple(attn_mask.shape) != (n * self.num_heads, lq, s):
+                raise RuntimeError(f"The shape of the 3D attn_mask is {attn_mask.shape}, but "
+                                   f"should be {(n * self.num_heads, lq, s)}.")
         if key_padding_mask is not None:
             expected = (n, s) if batched else (s,)
-            if not isinstance(key_padding_mask, Tensor) or \
-                    tuple(key_padding_mask.shape) != expected:
-                raise ValueError(f"key_padding_mask must be a tensor of shape {expected}, "
-                                 f"got {getattr(key_padding_mask, 'shape', key_padding_mask)}")
-        if attn_mask is not None:
-            allowed = [(lq, s)] + ([(n * self.num_heads, lq, s)] if batched else
-                                   [(self.num_heads, lq, s)])
-            if not isinstance(attn_mask, Tensor) or tuple(attn_mask.shape) not in allowed:
-                raise ValueError(f"attn_mask must be a tensor of shape {allowed[0]} or "
-                                 f"{allowed[1]}, got {getattr(attn_mask, 'shape', attn_mask)}")
+            if tuple(key_padding_mask.shape) != expected:
+                raise AssertionError(f"expected shape of key_padding_mask to be {expected}, "
+                                     f"but got {tuple(key_padding_mask.shape)}")
 
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v in (N, L, E) from batch-first inputs."""
@@ -169,8 +203,6 @@ class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
                 mask = mask.view(n, h, mask.shape[-2], mask.shape[-1])
         kpm = key_padding_mask
         if kpm is not None and kpm.dtype != torch.bool:
-            if not kpm.is_floating_point():
-                raise TypeError(f"key_padding_mask must be bool or floating point, got {kpm.dtype}")
             kpm = kpm.to(q.dtype)
 
         extra_keys = []
@@ -216,11 +248,6 @@ class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
         if unbatched:
             return out.squeeze(0)
         return out if self.batch_first else out.transpose(0, 1)
-
-
-def _kernels_take_head_dim(d: int) -> bool:
-    from ..ops.attention import MAX_HEAD_DIM, MIN_HEAD_DIM
-    return MIN_HEAD_DIM <= d <= MAX_HEAD_DIM and d % 8 == 0
 
 
 def _pad_allowed(mask: Optional[Tensor]) -> Optional[Tensor]:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from ..ops.norm import add_layer_norm
+from ._convert import refuse_torchscript
 
 Branch = Callable[[Tensor], Tensor]
 
@@ -67,6 +68,7 @@ class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
 
     backend = "auto"
     fuse_add_norm = True
+    __prepare_scriptable__ = refuse_torchscript
 
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None,
                 src_key_padding_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
@@ -86,6 +88,7 @@ class TransformerDecoderLayer(torch.nn.TransformerDecoderLayer):
 
     backend = "auto"
     fuse_add_norm = True
+    __prepare_scriptable__ = refuse_torchscript
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Optional[Tensor] = None,
                 memory_mask: Optional[Tensor] = None,
