@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _backends, _checks
+from .. import _backends, _checks, _log
 from .torch_nn import swap_torch_modules
 
 
@@ -25,7 +25,18 @@ def swap_modules(model: torch.nn.Module, *, attention: bool = True, norm: bool =
     _checks.check_flag("norm", norm)
     _backends.check_name(backend)
     from . import hf
+    done: dict[str, int] = {}
     if hf.is_hf_model(model):
-        hf.swap_hf_model(model, attention=attention, norm=norm, backend=backend)
-    swap_torch_modules(model, attention=attention, norm=norm, backend=backend)
+        done.update(hf.swap_hf_model(model, attention=attention, norm=norm, backend=backend))
+    done.update(swap_torch_modules(model, attention=attention, norm=norm, backend=backend))
+    done = {kind: n for kind, n in done.items() if n}
+    if done:
+        _log.info("fastattn.swap_modules(%s): %s", type(model).__name__,
+                  ", ".join(f"{n} {kind}" for kind, n in done.items()))
+    else:
+        _log.warn_once(f"swap-nothing:{type(model).__name__}",
+                       "fastattn.swap_modules(%s) replaced nothing: no torch.nn.Transformer "
+                       "layer, MultiheadAttention, LayerNorm or RMSNorm, and no supported "
+                       "Hugging Face model (attention=%s, norm=%s)", type(model).__name__,
+                       attention, norm)
     return model

@@ -41,25 +41,17 @@ would silently be ignored.
 from __future__ import annotations
 
 import sys
-import warnings
 from typing import Optional
 
 import torch
 from torch import Tensor
 
+from .. import _log
+from ..nn._convert import refuse_torchscript
 from ..nn.attention import _trailing_valid_lengths
+from . import hf_register
 
-NAME = "fastattn"
-MIN_TRANSFORMERS_MAJOR = 5
-
-# Norm classes whose forward is T5's RMS norm (no mean, no bias, fp32
-# statistics, result cast to the weight dtype for half weights). These are
-# the T5 family's copies of one implementation; other "RMSNorm" classes cast
-# differently (Llama) or scale by 1 + weight (Gemma), so they are not listed.
-T5_STYLE_NORMS = ("T5LayerNorm", "MT5LayerNorm", "UMT5LayerNorm", "LongT5LayerNorm")
-
-_registered = False
-
+NAME = hf_register.NAME
 
 def is_hf_model(model: torch.nn.Module) -> bool:
     """Whether ``model`` is a transformers ``PreTrainedModel``. A model can
@@ -96,8 +88,9 @@ def fastattn_attention_forward(module: torch.nn.Module, query: Tensor, key: Tens
     from .. import attention
 
     if kwargs.get("output_attentions", False):
-        warnings.warn("fastattn does not return attention weights (output_attentions=True); "
-                      "use attn_implementation='eager' for them", stacklevel=2)
+        _log.warn_once("hf-output-attentions", "fastattn does not return attention weights "
+                       "(output_attentions=True), as sdpa does not; use "
+                       "attn_implementation='eager' for them")
     for name in ("s_aux", "softcap"):
         if kwargs.get(name) is not None:
             raise ValueError(f"fastattn's attention does not support {name!r}; "
@@ -152,25 +145,25 @@ def fastattn_attention_forward(module: torch.nn.Module, query: Tensor, key: Tens
 
 def register() -> None:
     """Register "fastattn" with transformers' attention and mask interfaces
-    (idempotent)."""
-    global _registered
-    if _registered:
-        return
+    now (idempotent); raises ImportError for transformers < 5."""
     import transformers
-    major = int(transformers.__version__.split(".")[0])
-    if major < MIN_TRANSFORMERS_MAJOR:
+    if not hf_register._supported(transformers.__version__):
         raise ImportError(f"fastattn's Hugging Face integration needs transformers >= "
-                          f"{MIN_TRANSFORMERS_MAJOR}.0 (the attention and mask interfaces "
-                          f"that all covered models use); found {transformers.__version__}")
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    AttentionInterface.register(NAME, fastattn_attention_forward)
-    AttentionMaskInterface.register(NAME, sdpa_mask)
-    _registered = True
+                          f"{hf_register.MIN_TRANSFORMERS_MAJOR}.0 (the attention and mask "
+                          f"interfaces that all covered models use); found "
+                          f"{transformers.__version__}")
+    import transformers.masking_utils  # noqa: F401  (importing registers, hf_register)
+    import transformers.modeling_utils  # noqa: F401
+    hf_register.register_on_import()
 
 
 # ---------------------------------------------------------------------- norms
+
+
+# Norm classes whose forward is T5's RMS norm (no mean, no bias, fp32
+# statistics, result cast to the weight dtype for half weights): the T5
+# family's copies of one implementation (_T5_NORM_MODULES). Other "RMSNorm"
+# classes cast differently (Llama) or scale by 1 + weight (Gemma).
 
 
 def _t5_norm_forward(self, hidden_states: Tensor) -> Tensor:
@@ -193,20 +186,45 @@ def _t5_norm_forward(self, hidden_states: Tensor) -> Tensor:
     return y.to(out_dtype)
 
 
+# Where transformers defines each T5-style norm class (to rebuild the
+# fastattn subclass when a pickled model is loaded in a fresh process).
+_T5_NORM_MODULES = {
+    "T5LayerNorm": "transformers.models.t5.modeling_t5",
+    "MT5LayerNorm": "transformers.models.mt5.modeling_mt5",
+    "UMT5LayerNorm": "transformers.models.umt5.modeling_umt5",
+    "LongT5LayerNorm": "transformers.models.longt5.modeling_longt5",
+}
+T5_STYLE_NORMS = tuple(_T5_NORM_MODULES)
+_PREFIX = "Fastattn"
+
 _norm_classes: dict[type, type] = {}
 
 
 def _fastattn_norm_class(cls: type) -> type:
     """A subclass of ``cls`` (so isinstance checks, e.g. in _init_weights,
-    still hold) whose forward runs fastattn.rms_norm. Kept in this module's
-    namespace under its own name so pickling finds it."""
+    still hold) whose forward runs fastattn.rms_norm, kept in this module's
+    namespace as Fastattn<cls name> so that pickle finds it (and
+    __getattr__ below makes it again in a fresh process)."""
     if cls not in _norm_classes:
-        name = f"Fastattn{cls.__name__}"
+        name = _PREFIX + cls.__name__
         new = type(name, (cls,), {"forward": _t5_norm_forward, "__module__": __name__,
+                                  "__qualname__": name,
+                                  "__prepare_scriptable__": refuse_torchscript,
                                   "__doc__": f"{cls.__name__} running fastattn.rms_norm."})
         globals()[name] = new
         _norm_classes[cls] = new
     return _norm_classes[cls]
+
+
+def __getattr__(name: str):
+    """Fastattn<T5-style norm> classes on demand: how unpickling a swapped
+    T5 model finds its norm class in a process that has not swapped one."""
+    base = name[len(_PREFIX):] if name.startswith(_PREFIX) else None
+    if base in _T5_NORM_MODULES:
+        import importlib
+        return _fastattn_norm_class(getattr(importlib.import_module(_T5_NORM_MODULES[base]),
+                                            base))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _swap_norms(model: torch.nn.Module, backend: str) -> int:
@@ -226,22 +244,30 @@ def _swap_norms(model: torch.nn.Module, backend: str) -> int:
 # ----------------------------------------------------------------- selection
 
 
-def _set_implementation(model: torch.nn.Module, backend: str) -> None:
-    """Select "fastattn" on the model, its sub-models and every sub-config
-    (an EncoderDecoderModel holds its encoder's and decoder's configs apart)."""
+def _set_implementation(model: torch.nn.Module, backend: str) -> list[str]:
+    """Select "fastattn" on the model, its sub-models and their sub-configs
+    (an EncoderDecoderModel holds its encoder's and decoder's configs
+    apart). Sub-models whose attention does not go through transformers'
+    AttentionInterface keep theirs; returns their class names."""
     from transformers import PreTrainedConfig, PreTrainedModel
 
     register()
-    unsupported = sorted({type(m).__name__ for m in model.modules()
-                          if isinstance(m, PreTrainedModel) and not m._can_set_attn_implementation()})
-    if unsupported:
-        warnings.warn(f"{', '.join(unsupported)} do not call transformers' AttentionInterface; "
-                      "their attention is left as is (norms are still swapped)", stacklevel=3)
-        return
+    submodels = [m for m in model.modules() if isinstance(m, PreTrainedModel)]
+    left_alone = [m for m in submodels if not m._can_set_attn_implementation()]
+    # transformers' own setter skips (and logs) the sub-models that cannot
+    # take it; its checks raise for a name it does not know.
     model.set_attn_implementation(NAME)
 
+    # Modules of the sub-models left alone keep their configs; every other
+    # module's config is selected (attention layers may hold their own
+    # config object: EncoderDecoderModel replaces its sub-models' configs
+    # after their layers were built).
+    skipped = {id(m) for sub in left_alone for m in sub.modules()}
+    skipped_configs = {id(getattr(m, "config", None)) for sub in left_alone
+                       for m in sub.modules()}
+
     def select(config) -> None:
-        if not isinstance(config, PreTrainedConfig):
+        if not isinstance(config, PreTrainedConfig) or id(config) in skipped_configs:
             return
         config._attn_implementation_internal = NAME
         for key in getattr(config, "sub_configs", {}):
@@ -249,21 +275,39 @@ def _set_implementation(model: torch.nn.Module, backend: str) -> None:
 
     for module in model.modules():
         config = getattr(module, "config", None)
+        if config is None or id(module) in skipped:
+            continue
         select(config)
-        if config is not None:
-            # Read by the attention function: which fastattn backend runs.
-            module._fastattn_backend = backend
+        # Read by the attention function: which fastattn backend runs.
+        module._fastattn_backend = backend
+    # Unpickling the model registers "fastattn" before its forward needs it.
+    model._fastattn_registration = hf_register.RegistrationMarker()
+    return sorted({type(m).__name__ for m in left_alone})
 
 
-def swap_hf_model(model: torch.nn.Module, *, attention: bool, norm: bool, backend: str) -> None:
+def swap_hf_model(model: torch.nn.Module, *, attention: bool, norm: bool,
+                  backend: str) -> dict[str, int]:
     """Make a transformers model run fastattn, in place, keeping every weight.
 
     attention: select the "fastattn" attention implementation (model, its
     sub-models and sub-configs). norm: turn T5-style RMS norms into fastattn
     ones here; nn.LayerNorm modules are converted by the torch.nn swap that
-    swap_modules runs next.
+    swap_modules runs next. Returns what it replaced, per kind.
     """
+    from transformers import PreTrainedModel
+
+    done: dict[str, int] = {}
     if attention:
-        _set_implementation(model, backend)
+        left_alone = _set_implementation(model, backend)
+        if left_alone:
+            _log.warn_once(f"hf-unsupported:{','.join(left_alone)}",
+                           "fastattn.swap_modules: %s do not call transformers' "
+                           "AttentionInterface; their attention is left as is (their norms "
+                           "are still swapped)", ", ".join(left_alone))
+        switched = sum(1 for m in model.modules()
+                       if isinstance(m, PreTrainedModel) and type(m).__name__ not in left_alone)
+        done["transformers model (attention implementation)"] = switched
     if norm:
-        _swap_norms(model, backend)
+        done["T5-style RMS norm"] = _swap_norms(model, backend)
+    return done
+
