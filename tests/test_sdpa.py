@@ -283,3 +283,39 @@ def test_symbolic_scale_under_dynamic_compile(fastattn_kernels, backend, device)
         expected = TORCH_SDPA(q, k, v, scale=scale) + TORCH_SDPA(q, k, v, scale=scale,
                                                                 is_causal=True)
         assert torch.allclose(compiled(q, k, v, scale), expected, atol=1e-5)
+
+
+# ------------------------------------------ with the drop-in in torch's place
+
+
+@pytest.fixture
+def swapped_into_torch(monkeypatch):
+    """fastattn's SDPA as torch.nn.functional.scaled_dot_product_attention
+    (what users and peer test suites do): what fastattn hands to torch must
+    reach torch's own function, not come back."""
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention",
+                        fastattn.scaled_dot_product_attention)
+
+
+def test_fallback_reaches_torch_when_swapped(swapped_into_torch):
+    q = torch.randn(2, 3, 4)  # 3-D: torch's to serve
+    torch.testing.assert_close(fastattn.scaled_dot_product_attention(q, q, q),
+                               TORCH_SDPA(q, q, q))
+    mha = torch.nn.MultiheadAttention(8, 2, dropout=0.1).train()  # torch's module: SDPA, dropout
+    x = torch.randn(5, 2, 8)
+    assert mha(x, x, x, need_weights=False)[0].shape == (5, 2, 8)
+
+
+def test_causal_bias_when_swapped(swapped_into_torch):
+    """CausalBias recognizes torch's SDPA by identity; swapped, fastattn
+    must raise torch's error itself and materialize the bias for torch."""
+    q = torch.randn(1, 2, 8, 16)
+    with pytest.raises(ValueError, match="CausalBias"):
+        fastattn.scaled_dot_product_attention(q, q, q, attn_mask=causal_upper_left(8, 8),
+                                              is_causal=True)
+    q3 = torch.randn(2, 4, 16)  # 3-D with a lower-right bias: torch serves it
+    bias = causal_lower_right(4, 6)
+    k3 = torch.randn(2, 6, 16)
+    expected = TORCH_SDPA(q3, k3, k3, attn_mask=bias._materialize())
+    torch.testing.assert_close(fastattn.scaled_dot_product_attention(q3, k3, k3, attn_mask=bias),
+                               expected)

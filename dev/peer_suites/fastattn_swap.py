@@ -17,6 +17,7 @@ swapped run has is either a fastattn defect or a test that cannot hold
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -42,12 +43,11 @@ def _swap_torch() -> None:
 
 
 def _swap_transformers() -> None:
-    if "hf" not in _WHAT:
+    """Only where the tests imported transformers themselves (importing it
+    for a whole run changes what torch's own tests see)."""
+    if "hf" not in _WHAT or "transformers" not in sys.modules:
         return
-    try:
-        from transformers import PreTrainedModel
-    except ImportError:
-        return
+    from transformers import PreTrainedModel
     post_init = PreTrainedModel.post_init
 
     def post_init_then_swap(self, *args, **kwargs):
@@ -60,8 +60,11 @@ def _swap_transformers() -> None:
 
 def pytest_configure(config):
     _swap_torch()
+
+
+def pytest_collection_finish(session):
+    # after collection: the test modules have imported what they use
     _swap_transformers()
-    config.fastattn_swapped = sorted(_WHAT)
 
 
 def pytest_report_header(config):

@@ -36,6 +36,11 @@ from .attention import (MAX_HEAD_DIM, MIN_HEAD_DIM, _attention, _check_mask,
 # are what torch.export and other tracers pass in place of plain tensors.
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
+# torch's own SDPA, captured at import: users (and test harnesses) may put
+# fastattn's drop-in in its place in torch.nn.functional, and the calls
+# fastattn hands to torch must still reach torch.
+_TORCH_SDPA = torch.nn.functional.scaled_dot_product_attention
+
 
 def _tracing_tensor(t) -> bool:
     from torch._subclasses.fake_tensor import FakeTensor
@@ -53,15 +58,11 @@ def _foreign(t) -> bool:
     return not _tracing_tensor(t)
 
 
-def _causal_bias_variant(mask) -> Optional[str]:
-    """"upper_left" / "lower_right" for torch's CausalBias, else None. Looks
+def _causal_bias_module(mask):
+    """torch.nn.attention.bias if `mask` is its CausalBias, else None. Looks
     the class up only if the user imported it (the import costs 1 s)."""
     bias = sys.modules.get("torch.nn.attention.bias")
-    if bias is None or not isinstance(mask, bias.CausalBias):
-        return None
-    if mask.variant == bias.CausalVariant.UPPER_LEFT:
-        return "upper_left"
-    return "lower_right"
+    return bias if bias is not None and isinstance(mask, bias.CausalBias) else None
 
 
 def _unsupported(query, key, value, attn_mask, dropout_p, is_causal, scale,
@@ -125,9 +126,12 @@ def _served_by_torch(why, query, key, value, attn_mask, dropout_p, is_causal, sc
                      enable_gqa) -> Tensor:
     _log.warn_once(f"sdpa:{why}", "fastattn.scaled_dot_product_attention: torch serves calls "
                    "where %s", why)
-    return torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal,
-        scale=scale, enable_gqa=enable_gqa)
+    if _causal_bias_module(attn_mask) is not None:
+        # CausalBias dispatches on torch.nn.functional's SDPA by identity,
+        # which may be fastattn's now: give torch the mask it stands for.
+        attn_mask = attn_mask._materialize(query.device)
+    return _TORCH_SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                       is_causal=is_causal, scale=scale, enable_gqa=enable_gqa)
 
 
 def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
@@ -136,15 +140,18 @@ def scaled_dot_product_attention(query: Tensor, key: Tensor, value: Tensor,
                                  enable_gqa: bool = False) -> Tensor:
     """Drop-in for ``torch.nn.functional.scaled_dot_product_attention``
     (module docstring: what fastattn serves and how it maps the arguments)."""
-    variant = _causal_bias_variant(attn_mask)
+    bias = _causal_bias_module(attn_mask)
     causal_lower_right = False
-    if variant is not None and not is_causal and isinstance(query, Tensor) \
-            and isinstance(key, Tensor) and query.dim() == 4 and key.dim() == 4:
-        L, S = query.shape[2], key.shape[2]
-        if variant == "upper_left" or attn_mask.seq_len_q == attn_mask.seq_len_kv:
+    if bias is not None:
+        if is_causal:
+            raise ValueError("CausalBias should not be used with causal=True")
+        if attn_mask.variant == bias.CausalVariant.UPPER_LEFT \
+                or attn_mask.seq_len_q == attn_mask.seq_len_kv:
             # torch too reads an upper-left bias (or a square one) as is_causal
             attn_mask, is_causal = None, True
-        elif (attn_mask.seq_len_q, attn_mask.seq_len_kv) == (L, S):
+        elif (isinstance(query, Tensor) and isinstance(key, Tensor) and query.dim() == 4
+              and key.dim() == 4
+              and (attn_mask.seq_len_q, attn_mask.seq_len_kv) == (query.shape[2], key.shape[2])):
             attn_mask, causal_lower_right = None, True
 
     why = _unsupported(query, key, value, attn_mask, dropout_p, is_causal, scale, enable_gqa)
