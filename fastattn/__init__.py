@@ -5,7 +5,7 @@ Public API (see README.md): attention ops, normalization ops, drop-in modules
 truth. Every op runs on the backends reported by fastattn.backends().
 """
 
-from . import reference
+from . import _extension, reference
 from ._backends import backends
 from .ops.attention import attention
 from .ops.sdpa import scaled_dot_product_attention
@@ -18,7 +18,10 @@ from .integrations.hf_register import register_on_import as _register_with_trans
 
 __version__ = "0.1.0"
 
-# attn_implementation="fastattn" in transformers, without importing it here.
+# The compiled kernels if they fit this torch (else built on first use, or a
+# warning now if they cannot be); and attn_implementation="fastattn" in
+# transformers, without importing it here.
+_extension.check_at_import()
 _register_with_transformers()
 
 __all__ = [

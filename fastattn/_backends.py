@@ -16,12 +16,12 @@ first available backend in the family's preference order for the device.
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import os
 
 import torch
 
-from . import _log
+from . import _extension, _log
 
 BACKENDS = ("triton", "cuda", "cpu", "reference")
 
@@ -47,48 +47,50 @@ AUTO_ORDER = {
 }
 
 
-@functools.lru_cache(maxsize=None)
-def _load_extension() -> tuple[bool, str]:
-    try:
-        import fastattn._C  # noqa: F401  (loading registers the native ops)
-    except ImportError as exc:  # not built, or built against another torch
-        return False, f"fastattn._C could not be imported ({exc})"
-    return True, ""
-
-
 def extension_error() -> str:
-    """Empty if fastattn._C loaded, else why not."""
-    return _load_extension()[1]
+    """Empty if the compiled kernels are loaded (built on first use if need
+    be: fastattn/_extension.py), else why not, with the fix."""
+    return _extension.status().error
 
 
-@functools.lru_cache(maxsize=None)
-def _triton_error() -> str:
-    try:
-        import triton  # noqa: F401
-    except ImportError as exc:
-        return f"triton is not installed ({exc})"
-    return ""
+_triton_found: list[bool] = []
+
+
+def triton_error() -> str:
+    """Empty if triton is installed (found without importing it: the import
+    costs a second, and CPU-only users may never need it)."""
+    if not _triton_found:
+        _triton_found.append(importlib.util.find_spec("triton") is not None)
+    return "" if _triton_found[0] else "triton is not installed (pip install triton)"
 
 
 def triton_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-@functools.lru_cache(maxsize=None)
-# A constant to torch.compile: dynamo cannot trace the dispatcher query.
-@torch.compiler.assume_constant_result
+_native_errors: dict[tuple[str, str], str] = {}
+
+
 def _native_error(family: str, dispatch_key: str) -> str:
-    ok, why = _load_extension()
-    if not ok:
-        return why
-    name = NATIVE_OPS.get(family)
-    if name is None:
-        return f"no compiled {family} kernels exist yet"
-    if not torch._C._dispatch_has_kernel_for_dispatch_key(name, dispatch_key):
-        if dispatch_key == "CUDA":
-            return "fastattn._C was built without CUDA kernels"
-        return f"fastattn._C has no {dispatch_key} kernel for {family}"
-    return ""
+    """Empty if the compiled kernels of `family` are registered for
+    `dispatch_key` ("CPU", "CUDA"), else why not. Computed once per pair."""
+    key = (family, dispatch_key)
+    if key not in _native_errors:
+        why = extension_error()
+        if not why:
+            name = NATIVE_OPS[family]
+            if not torch._C._dispatch_has_kernel_for_dispatch_key(name, dispatch_key):
+                why = ("fastattn's kernels were built without CUDA" if dispatch_key == "CUDA"
+                       else f"fastattn's kernels have no {dispatch_key} kernel for {family}")
+        _native_errors[key] = why
+    return _native_errors[key]
+
+
+# Constants to torch.compile (dynamo cannot trace the dispatcher query nor
+# importlib): what torch.compiler.assume_constant_result sets, without
+# importing dynamo at import time (it costs a second).
+_native_error._dynamo_marked_constant = True
+triton_error._dynamo_marked_constant = True
 
 
 def unavailable_reason(backend: str, family: str, device: torch.device,
@@ -101,7 +103,7 @@ def unavailable_reason(backend: str, family: str, device: torch.device,
     if backend == "reference":
         return ""
     if backend == "triton":
-        why = _triton_error()
+        why = triton_error()
         if why:
             return why
         if device.type == "cpu" and not triton_interpret():
@@ -184,24 +186,34 @@ def resolve(requested: str, family: str, device: torch.device,
 
 
 def _warn_reference(family: str, device: torch.device, dtype, reasons: list[str]) -> None:
+    # The missing kernels' own warning (fastattn/_extension.py) already gave
+    # their cause and fix in full.
+    no_kernels = extension_error()
+    reasons = [r.replace(no_kernels, "no compiled kernels (see the warning above)")
+               if no_kernels else r for r in reasons]
     _log.warn_once(f"reference:{family}:{device.type}:{dtype}",
                    "fastattn: %s on %s %s runs on the slow plain-PyTorch reference backend "
-                   "(%s). %s", family, device.type, str(dtype).replace("torch.", ""),
-                   "; ".join(reasons) or "no compiled backend for this device",
-                   _fix_hint(reasons))
+                   "(%s); python -m fastattn.info shows what is available", family, device.type,
+                   str(dtype).replace("torch.", ""),
+                   "; ".join(reasons) or "no compiled backend for this device")
 
 
-def _fix_hint(reasons: list[str]) -> str:
-    if any("fastattn._C" in r for r in reasons):
-        return ("Rebuild the extension for this torch: pip install --no-build-isolation "
-                "--force-reinstall fastattn (python -m fastattn.info shows the cause).")
-    return "python -m fastattn.info shows what is available."
+def cpu_isa() -> str:
+    """The instruction-set variant the CPU kernels run, or why none."""
+    if _native_error("norm", "CPU"):
+        return "none (no compiled kernels)"
+    return torch.ops.fastattn.cpu_isa_native()
 
 
 def backends() -> dict[str, dict[str, str]]:
     """Per backend and op family: "available" or the reason it is not.
 
     Reported for the device a user would run on: CUDA if present, else CPU.
+    Two more entries: "auto", the backend auto picks per family there
+    (FASTATTN_BACKEND honoured, float32), and "build": where the compiled
+    kernels come from ("kernels"), the torch they were built for
+    ("built_for"), the CUDA architectures ("cuda_archs") and the CPU
+    instruction-set variant ("cpu_isa").
     """
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     report: dict[str, dict[str, str]] = {}
@@ -210,4 +222,20 @@ def backends() -> dict[str, dict[str, str]]:
             family: (unavailable_reason(backend, family, device) or "available")
             for family in OP_BACKENDS
         }
+    auto = {}
+    for family in OP_BACKENDS:
+        try:
+            auto[family] = resolve("auto", family, device, torch.float32)
+        except ValueError as exc:  # FASTATTN_BACKEND names a backend that cannot serve it
+            auto[family] = f"error: {exc}"
+    report["auto"] = auto
+    status = _extension.status()
+    info = status.build_info or {}
+    report["build"] = {
+        "kernels": status.origin if status.loaded else f"none: {status.error}",
+        "built_for": (f"torch {info.get('torch')}, CUDA {info.get('cuda') or 'none'}"
+                      if info else "unknown"),
+        "cuda_archs": info.get("cuda_archs") or "none (CPU kernels only)",
+        "cpu_isa": cpu_isa(),
+    }
     return report

@@ -11,8 +11,11 @@ from fastattn import _backends
 
 def test_backends_report_every_backend_and_family():
     report = fastattn.backends()
-    assert set(report) == set(_backends.BACKENDS)
+    assert set(report) == set(_backends.BACKENDS) | {"auto", "build"}
+    assert set(report["build"]) == {"kernels", "built_for", "cuda_archs", "cpu_isa"}
     for backend, families in report.items():
+        if backend in ("auto", "build"):
+            continue
         assert set(families) == set(_backends.OP_BACKENDS)
         for family, status in families.items():
             # "available", or a reason that agrees with backend resolution
@@ -51,3 +54,24 @@ def test_environment_variable_overrides_auto(monkeypatch):
 def test_cuda_backend_refuses_cpu_tensors_with_reason():
     with pytest.raises(ValueError, match="CUDA tensors"):
         fastattn.layer_norm(torch.randn(2, 8), 8, backend="cuda")
+
+
+def test_backends_report_what_auto_picks(monkeypatch):
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    for family in _backends.OP_BACKENDS:
+        assert fastattn.backends()["auto"][family] == _backends.resolve("auto", family, device)
+    monkeypatch.setenv("FASTATTN_BACKEND", "reference")
+    assert set(fastattn.backends()["auto"].values()) == {"reference"}
+
+
+def test_unknown_environment_backend_names_the_variable(monkeypatch):
+    monkeypatch.setenv("FASTATTN_BACKEND", "fortran")
+    with pytest.raises(ValueError, match="FASTATTN_BACKEND"):
+        fastattn.layer_norm(torch.randn(2, 8), 8)
+
+
+def test_info_runs():
+    from fastattn import info
+    rows = dict(info.report())
+    assert rows["fastattn"] == fastattn.__version__
+    assert "compiled kernels" in rows and "  CPU variant" in rows
