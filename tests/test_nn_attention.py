@@ -236,3 +236,27 @@ def test_head_dim_over_256_is_torchs(caplog):
         got, _ = ours(x, x, x, need_weights=False)
     expected, _ = torch_mha(x, x, x, need_weights=False)
     torch.testing.assert_close(got, expected)
+
+
+def test_nested_encoder_input_is_torchs():
+    """torch.nn.TransformerEncoder(enable_nested_tensor=True) feeds its
+    layers nested tensors (torch's fast path): a fastattn layer used there
+    directly hands them to torch's layer."""
+    torch_layer = torch.nn.TransformerEncoderLayer(16, 2, dim_feedforward=24, batch_first=True)
+    ours = fastattn.nn.TransformerEncoderLayer(16, 2, dim_feedforward=24, batch_first=True)
+    ours.load_state_dict(torch_layer.state_dict())
+    x = torch.randn(2, 3, 16)
+    pad = torch.tensor([[False, False, True], [False, False, False]])
+    outs = []
+    for layer in (torch_layer, ours):
+        encoder = torch.nn.TransformerEncoder(layer, 1, enable_nested_tensor=True).eval()
+        with torch.no_grad():
+            outs.append(encoder(x, src_key_padding_mask=pad))
+    torch.testing.assert_close(outs[1], outs[0])
+
+
+def test_repr_names_the_backend():
+    layer = fastattn.swap_modules(torch.nn.TransformerEncoderLayer(E, H), backend="cpu")
+    text = repr(layer)
+    assert "fastattn backend=cpu" in text  # the layer, its attention and its norms
+    assert text.count("fastattn backend=cpu") == 4, text

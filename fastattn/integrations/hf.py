@@ -197,6 +197,11 @@ _T5_NORM_MODULES = {
 T5_STYLE_NORMS = tuple(_T5_NORM_MODULES)
 _PREFIX = "Fastattn"
 
+def _t5_norm_extra_repr(self) -> str:
+    return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, " \
+        f"fastattn backend={getattr(self, '_fastattn_backend', 'auto')}"
+
+
 _norm_classes: dict[type, type] = {}
 
 
@@ -210,6 +215,7 @@ def _fastattn_norm_class(cls: type) -> type:
         new = type(name, (cls,), {"forward": _t5_norm_forward, "__module__": __name__,
                                   "__qualname__": name,
                                   "__prepare_scriptable__": refuse_torchscript,
+                                  "extra_repr": _t5_norm_extra_repr,
                                   "__doc__": f"{cls.__name__} running fastattn.rms_norm."})
         globals()[name] = new
         _norm_classes[cls] = new

@@ -29,3 +29,9 @@ class ConvertibleFromTorch:
         return module
 
     __prepare_scriptable__ = refuse_torchscript
+
+    def extra_repr(self) -> str:
+        """torch's description of the module, and which fastattn backend runs it."""
+        own = super().extra_repr()
+        return f"{own}, fastattn backend={self.backend}" if own else \
+            f"fastattn backend={self.backend}"

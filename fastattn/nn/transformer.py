@@ -21,8 +21,14 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from .. import _log
 from ..ops.norm import add_layer_norm
 from ._convert import refuse_torchscript
+
+
+def _extra_repr(layer) -> str:
+    return (f"fastattn backend={layer.backend}, fused add & norm="
+            f"{'on' if layer.fuse_add_norm else 'off'}")
 
 Branch = Callable[[Tensor], Tensor]
 
@@ -69,9 +75,19 @@ class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
     backend = "auto"
     fuse_add_norm = True
     __prepare_scriptable__ = refuse_torchscript
+    extra_repr = _extra_repr
 
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None,
                 src_key_padding_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        if src.is_nested:
+            # torch.nn.TransformerEncoder(enable_nested_tensor=True) packs its
+            # input for its own fast path; only torch's layer takes that.
+            _log.warn_once("encoder-nested", "fastattn.nn.TransformerEncoderLayer: torch "
+                           "computes nested-tensor inputs (build the encoder with "
+                           "enable_nested_tensor=False, as swap_modules does, to run fastattn)")
+            return torch.nn.TransformerEncoderLayer.forward(self, src, src_mask,
+                                                            src_key_padding_mask, is_causal)
+
         def self_attention(y):
             return self.self_attn(y, y, y, attn_mask=src_mask,
                                   key_padding_mask=src_key_padding_mask,
@@ -89,6 +105,7 @@ class TransformerDecoderLayer(torch.nn.TransformerDecoderLayer):
     backend = "auto"
     fuse_add_norm = True
     __prepare_scriptable__ = refuse_torchscript
+    extra_repr = _extra_repr
 
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Optional[Tensor] = None,
                 memory_mask: Optional[Tensor] = None,
