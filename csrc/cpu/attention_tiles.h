@@ -48,12 +48,14 @@ constexpr A kNegInf = -std::numeric_limits<A>::infinity();
 // one tile of 64 rows or keys (gradients), so one chunk covers most of them.
 constexpr int64_t kSumChunk = 64;
 
-// One unaligned vector load (one instruction, no trip through the stack).
+// v = one unaligned vector load (one instruction, no trip through the
+// stack). The vector goes out through a reference, not as a return value:
+// a function returning an AVX vector from a translation unit compiled for
+// SSE2 has another calling convention (gcc's -Wpsabi), even where, as here,
+// it is always inlined into the variant of the right target.
 template <typename V, typename A>
-FASTATTN_INLINE V load_vec(const A* p) {
-  V v;
+FASTATTN_INLINE void load_vec(V& v, const A* p) {
   std::memcpy(&v, p, sizeof(v));
-  return v;
 }
 
 // C[m, n] (+)= sum_k A(m, k) * B[k, n] for a register block of MR rows and
@@ -81,7 +83,7 @@ FASTATTN_INLINE void gemm_block(int64_t K, const A* __restrict a, int64_t sam, i
     for (int64_t k = k0; k < k1; ++k) {
       V bv[NV];
 #pragma GCC unroll 4
-      for (int v = 0; v < NV; ++v) bv[v] = load_vec<V>(b + k * ldb + v * (VB / sizeof(A)));
+      for (int v = 0; v < NV; ++v) load_vec(bv[v], b + k * ldb + v * (VB / sizeof(A)));
 #pragma GCC unroll 16
       for (int r = 0; r < MR; ++r) {
         const A av = a[r * sam + k * sak];
@@ -95,7 +97,12 @@ FASTATTN_INLINE void gemm_block(int64_t K, const A* __restrict a, int64_t sam, i
 #pragma GCC unroll 4
       for (int v = 0; v < NV; ++v) {
         A* cp = c + r * ldc + v * (VB / sizeof(A));
-        const V cv = store ? acc[r][v] : load_vec<V>(cp) + acc[r][v];
+        V cv = acc[r][v];
+        if (!store) {
+          V old;
+          load_vec(old, cp);
+          cv += old;
+        }
         std::memcpy(cp, &cv, sizeof(cv));
       }
     }
@@ -186,7 +193,12 @@ FASTATTN_INLINE A dot(const A* a, const A* b, int64_t K) {
   typedef A Lanes __attribute__((vector_size(kLanes * sizeof(A))));
   const int64_t kv = K / kLanes * kLanes;
   Lanes acc = {};
-  for (int64_t k = 0; k < kv; k += kLanes) acc += load_vec<Lanes>(a + k) * load_vec<Lanes>(b + k);
+  for (int64_t k = 0; k < kv; k += kLanes) {
+    Lanes av, bv;
+    load_vec(av, a + k);
+    load_vec(bv, b + k);
+    acc += av * bv;
+  }
   A tail = 0;
   for (int64_t k = kv; k < K; ++k) tail += a[k] * b[k];
   A lanes[kLanes];
@@ -215,9 +227,14 @@ FASTATTN_INLINE void dot_block16(const A* const* arows, const A* b, int64_t K, A
 #pragma GCC unroll 16
   for (int r = 0; r < 16; ++r) v[r] = Lanes{};
   for (int64_t k = 0; k < kv; k += kLanes) {
-    const Lanes bv = load_vec<Lanes>(b + k);
+    Lanes bv;
+    load_vec(bv, b + k);
 #pragma GCC unroll 16
-    for (int r = 0; r < 16; ++r) v[r] += load_vec<Lanes>(arows[r] + k) * bv;
+    for (int r = 0; r < 16; ++r) {
+      Lanes av;
+      load_vec(av, arows[r] + k);
+      v[r] += av * bv;
+    }
   }
   const Mask lo16 = {0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23};
   const Mask hi16 = {8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31};
