@@ -101,6 +101,8 @@ def build_unavailable_reason() -> str:
             return "ninja is not installed (pip install ninja)"
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         return "no C++ compiler (c++) was found"
+    if importlib.util.find_spec("setuptools") is None:  # torch.utils.cpp_extension needs it
+        return "setuptools is not installed (pip install setuptools)"
     return ""
 
 
@@ -192,10 +194,3 @@ def check_at_import() -> None:
     the import stays fast.)"""
     if _prebuilt_fits() or build_unavailable_reason():
         status(build=False)
-
-
-if __name__ == "__main__":  # python -m fastattn._extension: build now (run.sh)
-    result = status()
-    print(f"fastattn kernels: {result.origin or 'none'}" + (f" ({result.error})"
-                                                            if result.error else ""))
-    sys.exit(0 if result.loaded else 1)

@@ -3,6 +3,7 @@
 Versions, whether the compiled kernels loaded (and why not), what they were
 built for, the CPU instruction-set variant, and per device and op family
 the backend that ``auto`` picks (FASTATTN_BACKEND honoured).
+``python -m fastattn.info --kernels`` only loads (or builds) the kernels.
 """
 
 from __future__ import annotations
@@ -55,7 +56,15 @@ def report() -> list[tuple[str, str]]:
     return rows
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    """`--kernels`: only load (or build) the compiled kernels and say where
+    they come from; exit status 1 if there are none (run.sh uses it)."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == ["--kernels"]:
+        status = _extension.status()
+        print(f"fastattn kernels: {status.origin}" if status.loaded
+              else f"fastattn kernels: none ({status.error})")
+        return 0 if status.loaded else 1
     rows = report()
     width = max(len(label) for label, _ in rows)
     for label, value in rows:
