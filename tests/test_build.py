@@ -1,5 +1,6 @@
 """The package imports, reports its backends, and (in CI) has its extension."""
 
+import logging
 import os
 
 import pytest
@@ -75,3 +76,13 @@ def test_info_runs():
     rows = dict(info.report())
     assert rows["fastattn"] == fastattn.__version__
     assert "compiled kernels" in rows and "  CPU variant" in rows
+
+
+def test_debug_log_names_the_backend_of_each_call(caplog):
+    x = torch.randn(2, 8)
+    q = torch.randn(1, 2, 4, 8)
+    with caplog.at_level(logging.DEBUG, logger="fastattn"):
+        fastattn.layer_norm(x, (8,), backend="reference")
+        fastattn.attention(q, q, q, backend="reference")
+    said = [r.message for r in caplog.records if r.levelno == logging.DEBUG]
+    assert "layer_norm: backend reference" in said and "attention: backend reference" in said

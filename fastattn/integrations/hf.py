@@ -173,6 +173,12 @@ def _t5_norm_forward(self, hidden_states: Tensor) -> Tensor:
     weight in the promoted dtype."""
     from .. import rms_norm
 
+    if hidden_states.dtype == torch.float64:
+        # T5 takes float32 statistics even of float64 inputs; fastattn's
+        # would be float64, so such calls run T5's own code to stay equal.
+        _log.warn_once("t5-norm-fp64", "fastattn: T5-style norms of float64 inputs run "
+                       "transformers' own code (its statistics are float32)")
+        return super(type(self), self).forward(hidden_states)
     weight = self.weight
     normalized_dtype = torch.promote_types(hidden_states.dtype, torch.float32)
     if weight.dtype in (torch.float16, torch.bfloat16):
@@ -284,6 +290,12 @@ def _set_implementation(model: torch.nn.Module, backend: str) -> list[str]:
         if config is None or id(module) in skipped:
             continue
         select(config)
+        # transformers' setter marks the configs it reached; it clears the
+        # mark only on the root's sub-configs, and a config left marked is
+        # skipped by every later set_attn_implementation (a user going back
+        # to "eager" would leave nested sub-models on fastattn).
+        if isinstance(config, PreTrainedConfig) and hasattr(config, "_attn_was_changed"):
+            del config._attn_was_changed
         # Read by the attention function: which fastattn backend runs.
         module._fastattn_backend = backend
     # Unpickling the model registers "fastattn" before its forward needs it.

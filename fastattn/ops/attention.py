@@ -66,7 +66,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _backends, _checks
+from .. import _backends, _checks, _log
 from ._eager import eager_ok, needs_grad
 
 MIN_HEAD_DIM = 1
@@ -384,6 +384,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     scale = _checks.check_scale(scale, D)
     deterministic = deterministic_mode(deterministic)
     chosen = pick_backend(backend, q)
+    _log.debug_backend("attention", chosen)
     return _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale,
                       return_lse, chosen, deterministic)
 

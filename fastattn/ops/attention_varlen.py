@@ -207,6 +207,7 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
     scale = _checks.check_scale(scale, q.shape[2])
     deterministic = deterministic_mode(deterministic)
     chosen = pick_backend(backend, q)
+    _log.debug_backend("attention_varlen", chosen)
 
     from .. import _rng
     seed = _rng.draw_seed(q.device) if dropout_p > 0 else None

@@ -39,7 +39,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .. import _backends, _checks, _rng
+from .. import _backends, _checks, _log, _rng
 from ._eager import eager_ok, needs_grad
 
 # ---------------------------------------------------------------- dispatch
@@ -172,6 +172,7 @@ def _norm(x, residual, weight, bias, eps, dropout_p, is_rms, prenorm, normalized
     out_shape = x.shape
     backend = _backends.resolve(backend, "norm", x.device, x.dtype,
                                 lambda b: _call_limits(b, x, weight, bias))
+    _log.debug_backend("rms_norm" if is_rms else "layer_norm", backend)
 
     if backend == "reference" or x.numel() == 0:
         from .. import reference

@@ -145,3 +145,35 @@ def test_swap_modules_says_what_it_replaced(caplog):
     assert any("LayerNorm" in m and "attention" in m for m in info), info
     warned = [r.message for r in caplog.records if r.levelno == logging.WARNING]
     assert any("replaced nothing" in m and "Linear" in m for m in warned), warned
+
+
+def test_set_attn_implementation_still_reaches_every_sub_model():
+    """After a swap, transformers' own set_attn_implementation("eager")
+    must switch the nested sub-models back too (attention weights return)."""
+    config = transformers.BertConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1,
+                                     num_attention_heads=4, intermediate_size=37)
+    decoder = transformers.BertConfig(**{**config.to_dict(), "is_decoder": True,
+                                         "add_cross_attention": True})
+    model = transformers.EncoderDecoderModel(encoder=transformers.BertModel(config),
+                                             decoder=transformers.BertLMHeadModel(decoder))
+    fastattn.swap_modules(model.eval())
+    model.set_attn_implementation("eager")
+    ids = torch.randint(0, 99, (2, 5))
+    out = model(input_ids=ids, decoder_input_ids=ids, output_attentions=True)
+    # (the encoder's layers keep their implementation unswapped too: transformers' own way)
+    assert len(out.decoder_attentions) == 1
+    assert model.decoder.bert.encoder.layer[0].attention.self.config._attn_implementation == \
+        "eager"
+
+
+def test_t5_norm_of_float64_is_t5s_own():
+    """T5's norm keeps float32 statistics even for float64 inputs: the
+    swapped norm gives exactly what T5 gives there too."""
+    original = _t5().double()
+    swapped = fastattn.swap_modules(_t5().double())
+    swapped.load_state_dict(original.state_dict())
+    ids = torch.randint(0, 99, (2, 6))
+    with torch.no_grad():
+        a = original(ids, decoder_input_ids=ids).last_hidden_state
+        b = swapped(ids, decoder_input_ids=ids).last_hidden_state
+    torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)

@@ -142,9 +142,7 @@ def test_greedy_generation_matches(name, backend, device):
         f"fastattn {got.sequences.tolist()} != original {expected.sequences.tolist()}"
     # Random tiny models often repeat a token, so the logits of every step
     # are compared too: a stale or misaligned KV cache would show there.
-    # T5's own norm computes its variance in float32 even for float64 inputs,
-    # so its float64 logits are only float32-accurate.
-    tol = 1e-9 if case.float64_exact else 1e-5
+    tol = 1e-9
     for step, (g, e) in enumerate(zip(got.logits, expected.logits)):
         scale = e.abs().max().item()
         torch.testing.assert_close(g, e, rtol=tol, atol=tol * scale,
