@@ -15,6 +15,17 @@ import torch
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+class TorchValueError(ValueError, RuntimeError):
+    """A ValueError (fastattn's contract) that is also the RuntimeError torch
+    raises for the same call: what the drop-ins raise where torch's own op
+    would raise RuntimeError (a norm's shapes), so code written against
+    torch (``except RuntimeError``) keeps working."""
+
+
+class TorchTypeError(TypeError, RuntimeError):
+    """The TypeError counterpart of TorchValueError (a norm's dtypes)."""
+
+
 def check_tensor(name: str, t, *, dtypes=FLOAT_DTYPES) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -110,6 +121,6 @@ def normalize_shape(name: str, normalized_shape, x: torch.Tensor) -> tuple[int, 
     if len(shape) == 0:
         raise ValueError(f"{name} must name at least one dimension")
     if len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape):]) != shape:
-        raise ValueError(f"{name} {shape} must equal the trailing dimensions of x "
+        raise TorchValueError(f"{name} {shape} must equal the trailing dimensions of x "
                          f"{tuple(x.shape)}")
     return shape

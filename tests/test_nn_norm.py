@@ -127,3 +127,22 @@ def test_module_compiles(backend, device):
     g_eager = torch.autograd.grad(y_eager.sum(), (x, module.weight))
     for a, b in zip(g, g_eager):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x: m(x[..., :-1]),                       # input of another width
+    lambda m, x: m(x.half()),                          # weight fp32, input fp16: fine (mixed)
+    lambda m, x: m.half()(x),                          # weight fp16, input fp32
+], ids=["width", "half-input", "half-weight"])
+def test_layer_norm_module_raises_what_torch_raises(call):
+    """A drop-in: where torch's LayerNorm raises RuntimeError, so does
+    fastattn's (its errors are also ValueError/TypeError naming the argument)."""
+    x = torch.randn(3, 8)
+    try:
+        call(torch.nn.LayerNorm(8), x)
+    except RuntimeError as torch_error:
+        with pytest.raises(RuntimeError):
+            call(fastattn.nn.LayerNorm(8), x)
+        assert type(torch_error) is RuntimeError
+    else:
+        call(fastattn.nn.LayerNorm(8), x)

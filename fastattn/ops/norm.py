@@ -240,7 +240,8 @@ def _check_param(name: str, t, x: Tensor, shape) -> None:
     if t.device != x.device:
         raise ValueError(f"{name} must be on the device of x ({x.device}), got {t.device}")
     if tuple(t.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+        raise _checks.TorchValueError(f"{name} must have shape {tuple(shape)}, "
+                                      f"got {tuple(t.shape)}")
 
 
 def param_dtype_ok(param: torch.dtype, data: torch.dtype) -> bool:
@@ -261,10 +262,11 @@ def _param_dtypes(x: Tensor, weight, bias, is_rms: bool):
     present = [(n, t) for n, t in (("weight", weight), ("bias", bias)) if t is not None]
     for name, t in present:
         if not param_dtype_ok(t.dtype, x.dtype):
-            raise TypeError(f"{name} must have the dtype of x ({x.dtype}), or float32 for "
-                            f"float16/bfloat16 x, got {t.dtype}")
+            raise _checks.TorchTypeError(f"{name} must have the dtype of x ({x.dtype}), or "
+                                         f"float32 for float16/bfloat16 x, got {t.dtype}")
     if len(present) == 2 and weight.dtype != bias.dtype:
-        raise TypeError(f"bias must have the dtype of weight ({weight.dtype}), got {bias.dtype}")
+        raise _checks.TorchTypeError(f"bias must have the dtype of weight ({weight.dtype}), "
+                                     f"got {bias.dtype}")
     return weight, bias
 
 
@@ -294,8 +296,8 @@ def _shape_from_weight(x: Tensor, weight) -> tuple[int, ...]:
         return tuple(x.shape[-1:])
     shape = tuple(weight.shape)
     if len(shape) == 0 or len(shape) > x.dim() or tuple(x.shape[x.dim() - len(shape):]) != shape:
-        raise ValueError(f"weight of shape {shape} must equal the trailing dimensions of x "
-                         f"{tuple(x.shape)}")
+        raise _checks.TorchValueError(f"weight of shape {shape} must equal the trailing "
+                                      f"dimensions of x {tuple(x.shape)}")
     return shape
 
 
