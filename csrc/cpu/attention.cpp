@@ -136,20 +136,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
   const std::vector<int64_t> kv_len = clamped_lengths(in.kv_lengths, in.B, in.Lk);
   const Problem pb = problem(in, q_len, kv_len, seed, causal, scale, dropout_p);
 
-  // delta_i = dout_i . out_i - dlse_i (dlse only where lse is finite: rows
-  // with lse = -inf have p = 0 and must not pick up NaN from it). Summed in
-  // float64: delta is the stand-in for sum_j p_ij dp_ij, from which
-  // ds_ij = p_ij (dp_ij - delta_i) subtracts dp_ij; where attention is
-  // concentrated (ALiBi, causal) the two nearly cancel, and a float sum's
-  // rounding of delta would become most of ds.
+  // dlse only where lse is finite: rows with lse = -inf have p = 0 and must
+  // not pick up NaN from it. (The kernel forms delta_i = dout_i . out_i - dlse_i.)
   const at::ScalarType sd = attention_args::stat_dtype(in.q.scalar_type());
-  at::Tensor delta = ex.dout.to(at::kDouble).mul(ex.out.to(at::kDouble)).sum(-1);
   at::Tensor dlse_finite;
   if (ex.dlse.defined()) {
     dlse_finite = at::where(at::isfinite(ex.lse), ex.dlse, 0).to(sd).contiguous();
-    delta = delta.sub(dlse_finite);
   }
-  delta = delta.to(sd).contiguous();
   // A float32 lse (attention_varlen packs the padded one) is read as float64.
   const at::Tensor lse64 = ex.lse.to(at::kDouble);
 
@@ -162,8 +155,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
     p.k = in.k.data_ptr<T>();
     p.v = in.v.data_ptr<T>();
     p.dout = ex.dout.data_ptr<T>();
+    p.out = ex.out.data_ptr<T>();
     p.lse = lse64.data_ptr<double>();
-    p.delta = delta.data_ptr<A>();
     p.dq = dq.data_ptr<T>();
     p.dk = dk.data_ptr<T>();
     p.dv = dv.data_ptr<T>();
@@ -177,6 +170,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
     p.ks = strides_of(in.k);
     p.vs = strides_of(in.v);
     p.dos = strides_of(ex.dout);
+    p.os = strides_of(ex.out);
     p.dqs = strides_of(dq);
     p.dks = strides_of(dk);
     p.dvs = strides_of(dv);

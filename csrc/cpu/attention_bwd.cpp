@@ -8,7 +8,7 @@
 //     ds_ij = p_ij (dp_ij - delta_i),      delta_i = dout_i . out_i - dlse_i
 //     dq_i  = c sum_j ds_ij k_j,   dk_j = c sum_i ds_ij q_i,
 //     dv_j  = sum_i z_ij p_ij dout_i,      dbias_ij = ds_ij   (c = scale)
-// (delta comes from the binding, attention.cpp).
+// (delta from row_deltas, below).
 //
 // One pass, five tile products per (query block, key block), on key-major
 // tiles (attention_tiles.h): s^T = K (c Q)^T, dp^T = V dout^T, dv += p^T dout,
@@ -20,7 +20,8 @@
 // its partial dq and a final pass adds the partials in chunk order. The
 // chunk count depends on the problem's shape only (enough items for the
 // threads of any machine), so the result is bitwise the same whatever the
-// thread count.
+// thread count. Threads take the items from a queue, costliest first
+// (work_queue.h), so uneven lengths do not leave one thread all the work.
 //
 // Own delta for dq (p.own_delta_dq: float32 with a float mask). delta_i
 // stands in for sum_j p_ij dp_ij, and where attention is concentrated (a
@@ -42,6 +43,7 @@
 #include <vector>
 
 #include "cpu/attention_cpu.h"
+#include "cpu/work_queue.h"
 
 namespace fastattn {
 namespace cpu {
@@ -54,11 +56,13 @@ using tiles::kNegInf;
 // split into chunks (fixed number, not the thread count: see above).
 constexpr int64_t kMinBwdItems = 32;
 
-// How the keys of each (b, kv head) are split into work items.
+// One call's plan: how the keys of each (b, kv head) are split into work
+// items, the buffers of the chunks' partial results, and the row deltas.
 template <typename A>
-struct Split {
+struct BwdPlan {
   int64_t chunks = 1;          // chunks per (b, kv head)
   int64_t blocks = 1;          // key blocks per chunk
+  const A* delta = nullptr;    // (B, Hq, Lq): dout_i . out_i - dlse_i (row_deltas)
   A* dq_part = nullptr;        // (chunks, B, Hq, Lq, D) partial dq when chunks > 1
   A* b_part = nullptr;         // the same for B (own delta, see above)
   double* c_part = nullptr;    // (chunks, B, Hq, Lq) partial C (own delta)
@@ -95,10 +99,11 @@ FASTATTN_INLINE void own_delta_correction(A* dq_acc, const A* b_acc, const A* de
   }
 }
 
-// Gradients for work items [begin, end) = (b, kv head, key chunk).
+// Gradients for the work items the queue hands this thread; item =
+// (b * Hkv + kv head) * chunks + key chunk.
 template <typename T, int VB>
-FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp, int64_t begin,
-                               int64_t end) {
+FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& sp,
+                               WorkQueue& queue) {
   using A = acc_t<T>;
   const Problem& pb = p.pb;
   const int64_t D = pb.D, BM = kBlockM, BN = kBlockN;
@@ -138,7 +143,7 @@ FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
   uint32_t* ka = keys.data();
   uint32_t* kb = ka + BM;
 
-  for (int64_t item = begin; item < end; ++item) {
+  for (int64_t item; queue.pop(item);) {
     const int64_t chunk = item % sp.chunks;
     const int64_t hk = (item / sp.chunks) % pb.Hkv;
     const int64_t b = item / (sp.chunks * pb.Hkv);
@@ -202,7 +207,7 @@ FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
             shift[c] = lse == kNegInf<double> ? kInf : static_cast<A>(lse);
             shift_lo[c] = lse == kNegInf<double> ? A(0)
                                                  : static_cast<A>(lse - static_cast<double>(shift[c]));
-            dlt[c] = c < rows ? p.delta[row0 + i0 + c] : A(0);
+            dlt[c] = c < rows ? sp.delta[row0 + i0 + c] : A(0);
           }
           if (pb.drop.on) tiles::dropout_keys(pb.drop.seed, row0 + i0, rows, ka, kb);
 
@@ -262,22 +267,71 @@ FASTATTN_INLINE void bwd_range(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
 }
 
 template <typename T>
-void bwd_default(const BwdParams<T>& p, const Split<acc_t<T>>& sp, int64_t begin, int64_t end) {
-  bwd_range<T, vector_bytes(Isa::kDefault)>(p, sp, begin, end);
+void bwd_default(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& sp, WorkQueue& queue) {
+  bwd_items<T, vector_bytes(Isa::kDefault)>(p, sp, queue);
 }
 
 #if FASTATTN_X86_VARIANTS
 template <typename T>
-FASTATTN_TARGET_AVX2 void bwd_avx2(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
-                                   int64_t begin, int64_t end) {
-  bwd_range<T, vector_bytes(Isa::kAvx2)>(p, sp, begin, end);
+FASTATTN_TARGET_AVX2 void bwd_avx2(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& sp,
+                                   WorkQueue& queue) {
+  bwd_items<T, vector_bytes(Isa::kAvx2)>(p, sp, queue);
 }
 template <typename T>
-FASTATTN_TARGET_AVX512 void bwd_avx512(const BwdParams<T>& p, const Split<acc_t<T>>& sp,
-                                       int64_t begin, int64_t end) {
-  bwd_range<T, vector_bytes(Isa::kAvx512)>(p, sp, begin, end);
+FASTATTN_TARGET_AVX512 void bwd_avx512(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& sp,
+                                       WorkQueue& queue) {
+  bwd_items<T, vector_bytes(Isa::kAvx512)>(p, sp, queue);
 }
 #endif
+
+// delta_i = dout_i . out_i - dlse_i of the valid rows (padded rows take no
+// part: 0), summed in double: delta stands in for sum_j p_ij dp_ij, from
+// which ds_ij = p_ij (dp_ij - delta_i) subtracts dp_ij; where attention is
+// concentrated (ALiBi, causal) the two nearly cancel, and a float sum's
+// rounding of delta would become most of ds. Only the valid rows are read.
+template <typename T>
+std::vector<acc_t<T>> row_deltas(const BwdParams<T>& p) {
+  using A = acc_t<T>;
+  const Problem& pb = p.pb;
+  std::vector<A> delta(static_cast<size_t>(pb.B * pb.Hq * pb.Lq), A(0));
+  at::parallel_for(0, pb.B * pb.Hq, 1, [&](int64_t bh0, int64_t bh1) {
+    for (int64_t bh = bh0; bh < bh1; ++bh) {
+      const int64_t b = bh / pb.Hq, h = bh % pb.Hq;
+      for (int64_t i = 0; i < pb.q_len[b]; ++i) {
+        const T* __restrict dor = p.dout + b * p.dos.b + h * p.dos.h + i * p.dos.l;
+        const T* __restrict orow = p.out + b * p.os.b + h * p.os.h + i * p.os.l;
+        double sum = 0;
+        for (int64_t d = 0; d < pb.D; ++d)
+          sum += static_cast<double>(dor[d]) * static_cast<double>(orow[d]);
+        const int64_t r = bh * pb.Lq + i;
+        if (p.dlse != nullptr) sum -= static_cast<double>(p.dlse[r]);
+        delta[r] = static_cast<A>(sum);
+      }
+    }
+  });
+  return delta;
+}
+
+// Cost of each item: the (query, key) pairs of its chunk that take part,
+// over the group's query heads (with causal, each key's queries from the
+// diagonal on), plus clearing its padded rows.
+template <typename A>
+std::vector<int64_t> bwd_costs(const Problem& pb, const BwdPlan<A>& sp) {
+  const int64_t chunk_keys = sp.blocks * kBlockN, group = pb.Hq / pb.Hkv;
+  std::vector<int64_t> cost(static_cast<size_t>(pb.B * pb.Hkv * sp.chunks));
+  for (int64_t item = 0; item < static_cast<int64_t>(cost.size()); ++item) {
+    const int64_t chunk = item % sp.chunks, b = item / (sp.chunks * pb.Hkv);
+    const int64_t q_len = pb.q_len[b], kv_len = pb.kv_len[b], diag = kv_len - q_len;
+    const int64_t j_lo = std::min(pb.Lk, chunk * chunk_keys);
+    const int64_t j_hi = std::clamp<int64_t>(kv_len, j_lo, std::min(pb.Lk, j_lo + chunk_keys));
+    int64_t pairs = 0;
+    for (int64_t j = j_lo; j < j_hi; ++j)
+      pairs += pb.causal ? std::clamp<int64_t>(q_len - std::max<int64_t>(0, j - diag), 0, q_len)
+                         : q_len;
+    cost[item] = group * pairs + chunk_keys;
+  }
+  return cost;
+}
 
 }  // namespace
 
@@ -289,7 +343,9 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
   const int64_t heads = pb.B * pb.Hkv;
   if (heads == 0) return;
   const int64_t n_blocks = std::max<int64_t>(1, (pb.Lk + kBlockN - 1) / kBlockN);
-  Split<A> sp;
+  BwdPlan<A> sp;
+  const std::vector<A> delta = row_deltas(p);
+  sp.delta = delta.data();
   sp.chunks = std::min(n_blocks, (kMinBwdItems + heads - 1) / heads);
   sp.blocks = (n_blocks + sp.chunks - 1) / sp.chunks;
   sp.chunks = (n_blocks + sp.blocks - 1) / sp.blocks;
@@ -306,8 +362,8 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
       sp.c_part = c_part.data();
     }
   }
-  at::parallel_for(0, heads * sp.chunks, 1,
-                   [&](int64_t begin, int64_t end) { range(p, sp, begin, end); });
+  WorkQueue queue(bwd_costs(pb, sp));
+  run_workers(queue, [&] { range(p, sp, queue); });
   if (sp.chunks == 1) return;
 
   // dq = scale * (sum of the chunks' partials, in chunk order), per row;
@@ -329,7 +385,7 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
           for (int64_t d = 0; d < D; ++d) b_sum[d] += bp[c * stride + d];
           c_total += sp.c_part[c * rows + r];
         }
-        own_delta_correction(sum.data(), b_sum.data(), p.delta + r,
+        own_delta_correction(sum.data(), b_sum.data(), sp.delta + r,
                              p.dlse ? p.dlse + r : nullptr, &c_total, 1, D);
       }
       const int64_t i = r % pb.Lq, h = (r / pb.Lq) % pb.Hq, b = r / (pb.Lq * pb.Hq);

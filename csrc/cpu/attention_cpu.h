@@ -73,8 +73,8 @@ struct BwdParams {
   const T* k = nullptr;     // (B, Hkv, Lk, D)
   const T* v = nullptr;     // (B, Hkv, Lk, D)
   const T* dout = nullptr;  // (B, Hq, Lq, D)
+  const T* out = nullptr;   // (B, Hq, Lq, D) the forward's output
   const double* lse = nullptr;             // (B, Hq, Lq) contiguous, float64
-  const tiles::acc_t<T>* delta = nullptr;  // (B, Hq, Lq): dout_i . out_i - dlse_i
   const tiles::acc_t<T>* dlse = nullptr;   // (B, Hq, Lq) dlse_i (0 where lse = -inf), or null
   T* dq = nullptr;          // (B, Hq, Lq, D)
   T* dk = nullptr;          // (B, Hkv, Lk, D)
@@ -82,7 +82,7 @@ struct BwdParams {
   tiles::acc_t<T>* dbias = nullptr;  // (B, Hq, Lq, Lk) contiguous, or null
   // dq from each row's own sum of p dp instead of delta (attention_bwd.cpp)
   bool own_delta_dq = false;
-  Strides qs, ks, vs, dos, dqs, dks, dvs;
+  Strides qs, ks, vs, dos, os, dqs, dks, dvs;
 };
 
 // Run the kernels over the whole problem (at::parallel_for inside).

@@ -1,7 +1,7 @@
 // C++ CPU attention forward: flash-style tiles with an online softmax.
 //
-// Work item = (batch b, query head h, block of kBlockM query rows), spread
-// over threads with at::parallel_for; the score matrix is never
+// Work item = (batch b, query head h, block of kBlockM query rows), taken by
+// threads from a queue, costliest first (work_queue.h); the score matrix is never
 // materialized, only one key-major kBlockN x kBlockM tile per thread
 // (attention_tiles.h). Per row i, over key tiles (c = scale, folded into the
 // block's Q^T once):
@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "cpu/attention_cpu.h"
+#include "cpu/work_queue.h"
 
 namespace fastattn {
 namespace cpu {
@@ -38,14 +39,36 @@ using tiles::kNegInf;
 // products instead of register panels of mostly padding.
 constexpr int64_t kDotRows = 4;
 
-// Forward over work items [begin, end) for a target of VB-byte vectors.
+// Work item `item` of the forward: (b, h, query block), as numbered by
+// item = (b * Hq + h) * n_mblocks + mb.
+struct FwdItem {
+  int64_t b, h, mb;
+};
+
+FASTATTN_INLINE FwdItem fwd_item(const Problem& pb, int64_t item) {
+  const int64_t n_mblocks = (pb.Lq + kBlockM - 1) / kBlockM;
+  return {item / (n_mblocks * pb.Hq), (item / n_mblocks) % pb.Hq, item % n_mblocks};
+}
+
+// Keys [0, hi) that some valid row of query block mb of batch row b may
+// attend; `rows`: its valid rows.
+FASTATTN_INLINE void fwd_extent(const Problem& pb, int64_t b, int64_t mb, int64_t& rows,
+                                int64_t& hi) {
+  const int64_t m0 = mb * kBlockM;
+  const int64_t rows_all = std::min(kBlockM, pb.Lq - m0);
+  const int64_t q_len = pb.q_len[b], kv_len = pb.kv_len[b];
+  rows = std::clamp<int64_t>(q_len - m0, 0, rows_all);
+  hi = rows > 0 ? kv_len : 0;
+  if (pb.causal && rows > 0) hi = std::max<int64_t>(0, std::min(hi, m0 + rows + kv_len - q_len));
+}
+
+// Forward of the items the queue hands this thread, for a target of VB-byte vectors.
 template <typename T, int VB>
-FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end) {
+FASTATTN_INLINE void fwd_items(const FwdParams<T>& p, WorkQueue& queue) {
   using A = acc_t<T>;
   const Problem& pb = p.pb;
   const int64_t D = pb.D, BM = kBlockM, BN = kBlockN;
   const int64_t group = pb.Hq / pb.Hkv;
-  const int64_t n_mblocks = (pb.Lq + BM - 1) / BM;
   const A scale = static_cast<A>(pb.scale);
   const A drop_scale = static_cast<A>(pb.drop.scale);
 
@@ -75,19 +98,14 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
   uint32_t* ka = keys.data();
   uint32_t* kb = ka + BM;
 
-  for (int64_t item = begin; item < end; ++item) {
-    const int64_t mb = item % n_mblocks;
-    const int64_t h = (item / n_mblocks) % pb.Hq;
-    const int64_t b = item / (n_mblocks * pb.Hq);
+  for (int64_t item; queue.pop(item);) {
+    const auto [b, h, mb] = fwd_item(pb, item);
     const int64_t hk = h / group;
     const int64_t m0 = mb * BM;
     const int64_t rows_all = std::min(BM, pb.Lq - m0);
-    const int64_t q_len = pb.q_len[b], kv_len = pb.kv_len[b];
-    const int64_t diag = kv_len - q_len;
-    const int64_t rows = std::clamp<int64_t>(q_len - m0, 0, rows_all);
-    // Keys [0, hi) that some valid row of the block may attend.
-    int64_t hi = rows > 0 ? kv_len : 0;
-    if (pb.causal && rows > 0) hi = std::max<int64_t>(0, std::min(hi, m0 + rows + diag));
+    const int64_t diag = pb.kv_len[b] - pb.q_len[b];
+    int64_t rows, hi;
+    fwd_extent(pb, b, mb, rows, hi);
     // Query columns computed: the valid rows rounded up to a vector, or, for
     // a few rows (decoding), just those, as dot products.
     const bool dots = rows <= kDotRows;
@@ -178,19 +196,19 @@ FASTATTN_INLINE void fwd_range(const FwdParams<T>& p, int64_t begin, int64_t end
 }
 
 template <typename T>
-void fwd_range_default(const FwdParams<T>& p, int64_t begin, int64_t end) {
-  fwd_range<T, vector_bytes(Isa::kDefault)>(p, begin, end);
+void fwd_items_default(const FwdParams<T>& p, WorkQueue& queue) {
+  fwd_items<T, vector_bytes(Isa::kDefault)>(p, queue);
 }
 
 #if FASTATTN_X86_VARIANTS
 template <typename T>
-FASTATTN_TARGET_AVX2 void fwd_range_avx2(const FwdParams<T>& p, int64_t begin, int64_t end) {
-  fwd_range<T, vector_bytes(Isa::kAvx2)>(p, begin, end);
+FASTATTN_TARGET_AVX2 void fwd_items_avx2(const FwdParams<T>& p, WorkQueue& queue) {
+  fwd_items<T, vector_bytes(Isa::kAvx2)>(p, queue);
 }
 
 template <typename T>
-FASTATTN_TARGET_AVX512 void fwd_range_avx512(const FwdParams<T>& p, int64_t begin, int64_t end) {
-  fwd_range<T, vector_bytes(Isa::kAvx512)>(p, begin, end);
+FASTATTN_TARGET_AVX512 void fwd_items_avx512(const FwdParams<T>& p, WorkQueue& queue) {
+  fwd_items<T, vector_bytes(Isa::kAvx512)>(p, queue);
 }
 #endif
 
@@ -201,8 +219,18 @@ void attention_fwd_kernel(const FwdParams<T>& p) {
   const Problem& pb = p.pb;
   const int64_t items = pb.B * pb.Hq * ((pb.Lq + kBlockM - 1) / kBlockM);
   if (items == 0) return;
-  const auto range = FASTATTN_PICK_VARIANT(fwd_range, T);
-  at::parallel_for(0, items, 1, [&](int64_t begin, int64_t end) { range(p, begin, end); });
+  // Cost of an item: the score elements it computes (its valid rows times
+  // the keys they reach), plus writing its rows for the rows that are padding.
+  std::vector<int64_t> cost(static_cast<size_t>(items));
+  for (int64_t item = 0; item < items; ++item) {
+    const FwdItem it = fwd_item(pb, item);
+    int64_t rows, hi;
+    fwd_extent(pb, it.b, it.mb, rows, hi);
+    cost[item] = rows * hi + kBlockM;
+  }
+  WorkQueue queue(cost);
+  const auto run = FASTATTN_PICK_VARIANT(fwd_items, T);
+  run_workers(queue, [&] { run(p, queue); });
 }
 
 template void attention_fwd_kernel<float>(const FwdParams<float>&);

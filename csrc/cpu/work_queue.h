@@ -1,0 +1,62 @@
+// Dynamic scheduling of the CPU kernels' work items.
+//
+// A static split of the items over threads (what at::parallel_for does)
+// gives one thread all the long rows of an unevenly padded batch: with
+// lengths [512, 128, 128, 128] the thread holding batch row 0 does most of
+// the work while the other waits. Instead, every thread takes the next item
+// from a shared queue, and the queue holds the items costliest first
+// (longest-processing-time order), so the last items handed out are the
+// small ones and the threads finish together. Each item writes only its own
+// outputs, so results do not depend on which thread ran it, nor on the
+// number of threads.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+namespace fastattn {
+namespace cpu {
+
+class WorkQueue {
+ public:
+  // Items 0 .. cost.size() - 1, handed out by decreasing cost (ties by index).
+  explicit WorkQueue(const std::vector<int64_t>& cost) : order_(cost.size()) {
+    std::iota(order_.begin(), order_.end(), int64_t(0));
+    std::stable_sort(order_.begin(), order_.end(),
+                     [&](int64_t a, int64_t b) { return cost[a] > cost[b]; });
+  }
+
+  // The next item to run, or false when none is left.
+  bool pop(int64_t& item) {
+    const int64_t i = next_.fetch_add(1, std::memory_order_relaxed);
+    if (i >= static_cast<int64_t>(order_.size())) return false;
+    item = order_[i];
+    return true;
+  }
+
+  int64_t size() const { return static_cast<int64_t>(order_.size()); }
+
+ private:
+  std::vector<int64_t> order_;
+  std::atomic<int64_t> next_{0};
+};
+
+// Runs `worker()` once on each of the threads that take part (each worker
+// pops items until the queue is empty). Nested inside another parallel
+// region, at::parallel_for runs inline: one worker then drains the queue.
+template <typename F>
+void run_workers(const WorkQueue& queue, F&& worker) {
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), queue.size());
+  if (workers <= 0) return;
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t w = begin; w < end; ++w) worker();
+  });
+}
+
+}  // namespace cpu
+}  // namespace fastattn
