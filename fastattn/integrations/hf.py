@@ -71,10 +71,20 @@ def _allowed_keys_bound(mask: Tensor, batch: int) -> Tensor:
     last key any query of any head may attend. Keys beyond it are masked for
     every query, so fastattn may skip their tiles (right padding) while the
     mask still handles everything before that point (left padding, causal).
-    Computed on the device, no host sync."""
+    Computed on the device, no host sync; and once per mask: the model
+    hands every layer the same mask tensor, so the lengths are kept on it
+    (keyed by its version, in case it is modified in place)."""
+    cache = not torch.compiler.is_compiling()
+    if cache:
+        kept = getattr(mask, "_fastattn_keys_bound", None)
+        if kept is not None and kept[0] == (mask._version, batch):
+            return kept[1]
     any_query = mask.any(dim=-2)                     # (b, h, Lk)
     any_head = any_query.any(dim=1)                  # (b, Lk)
-    return _trailing_valid_lengths(~any_head.expand(batch, -1))
+    bound = _trailing_valid_lengths(~any_head.expand(batch, -1))
+    if cache:
+        mask._fastattn_keys_bound = ((mask._version, batch), bound)
+    return bound
 
 
 def fastattn_attention_forward(module: torch.nn.Module, query: Tensor, key: Tensor,
@@ -85,7 +95,7 @@ def fastattn_attention_forward(module: torch.nn.Module, query: Tensor, key: Tens
                                **kwargs) -> tuple[Tensor, None]:
     """The "fastattn" entry of transformers' AttentionInterface (see the
     module docstring for the convention)."""
-    from .. import attention
+    from ..ops.attention import attention_with_own_lengths
 
     if kwargs.get("output_attentions", False):
         _log.warn_once("hf-output-attentions", "fastattn does not return attention weights "
@@ -138,8 +148,9 @@ def fastattn_attention_forward(module: torch.nn.Module, query: Tensor, key: Tens
         else:
             mask = mask + bias
 
-    out = attention(query, key, value, causal=causal, attn_mask=mask, kv_lengths=kv_lengths,
-                    dropout_p=float(dropout), scale=scaling, backend=backend)
+    out = attention_with_own_lengths(query, key, value, causal=causal, attn_mask=mask,
+                                     kv_lengths=kv_lengths, dropout_p=float(dropout),
+                                     scale=scaling, backend=backend)
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -181,7 +181,7 @@ class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
         return query, key, value
 
     def _fast_forward(self, query, key, value, key_padding_mask, attn_mask, is_causal):
-        from ..ops.attention import attention
+        from ..ops.attention import attention_with_own_lengths
 
         unbatched = query.dim() == 2
         if unbatched and key_padding_mask is not None:
@@ -240,9 +240,10 @@ class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
         q4 = q.view(n, lq, h, d).transpose(1, 2)
         k4 = k.view(n, s, h, d).transpose(1, 2)
         v4 = v.view(n, s, h, d).transpose(1, 2)
-        out = attention(q4, k4, v4, causal=causal, attn_mask=mask, kv_lengths=kv_lengths,
-                        dropout_p=self.dropout if self.training else 0.0,
-                        backend=self.backend)
+        out = attention_with_own_lengths(q4, k4, v4, causal=causal, attn_mask=mask,
+                                         kv_lengths=kv_lengths,
+                                         dropout_p=self.dropout if self.training else 0.0,
+                                         backend=self.backend)
         out = out.transpose(1, 2).reshape(n, lq, self.embed_dim)
         out = self.out_proj(out)
         if unbatched:

@@ -327,7 +327,8 @@ def _values_checkable(t: Tensor) -> bool:
     return not (t.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
-def _check_lengths(name: str, lengths, q: Tensor, limit: int, limit_name: str):
+def _check_lengths(name: str, lengths, q: Tensor, limit: int, limit_name: str,
+                   check_values: bool = True):
     if lengths is None:
         return None
     if not isinstance(lengths, Tensor):
@@ -340,7 +341,7 @@ def _check_lengths(name: str, lengths, q: Tensor, limit: int, limit_name: str):
                          f"got {tuple(lengths.shape)}")
     if lengths.device != q.device:
         raise ValueError(f"{name} must be on the device of q ({q.device}), got {lengths.device}")
-    if lengths.numel() and _values_checkable(lengths):
+    if check_values and lengths.numel() and _values_checkable(lengths):
         lo, hi = (int(x) for x in torch.aminmax(lengths))
         if lo < 0 or hi > limit:
             raise ValueError(f"{name} must hold values in [0, {limit_name}={limit}], "
@@ -372,14 +373,34 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     reproducible across processes too (module docstring). See API.md for
     the full contract.
     """
+    return _frontend(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale,
+                     return_lse, backend, deterministic, check_length_values=True)
+
+
+def attention_with_own_lengths(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
+                               attn_mask: Optional[Tensor] = None,
+                               q_lengths: Optional[Tensor] = None,
+                               kv_lengths: Optional[Tensor] = None, dropout_p: float = 0.0,
+                               scale: Optional[float] = None, backend: str = "auto") -> Tensor:
+    """attention() for fastattn's own modules and integrations, whose lengths
+    they derive from a padding mask themselves (always in range): every
+    check but reading the lengths' values, which on a GPU is a device sync
+    in every layer. (The kernels clamp lengths whatever they hold.)"""
+    return _frontend(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale,
+                     False, backend, False, check_length_values=False)
+
+
+def _frontend(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale, return_lse,
+              backend, deterministic, check_length_values: bool):
+    """The checks of attention(), the backend choice, then the call."""
     _check_qkv(q, k, v)
     B, Hq, Lq, D = q.shape
     Lk = k.shape[2]
     causal = _checks.check_flag("causal", causal)
     return_lse = _checks.check_flag("return_lse", return_lse)
     mask4 = _check_mask(attn_mask, q, (B, Hq, Lq, Lk))
-    q_lengths = _check_lengths("q_lengths", q_lengths, q, Lq, "Lq")
-    kv_lengths = _check_lengths("kv_lengths", kv_lengths, q, Lk, "Lk")
+    q_lengths = _check_lengths("q_lengths", q_lengths, q, Lq, "Lq", check_length_values)
+    kv_lengths = _check_lengths("kv_lengths", kv_lengths, q, Lk, "Lk", check_length_values)
     dropout_p = _checks.check_probability("dropout_p", dropout_p)
     scale = _checks.check_scale(scale, D)
     deterministic = deterministic_mode(deterministic)

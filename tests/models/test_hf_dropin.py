@@ -177,3 +177,43 @@ def test_t5_norm_of_float64_is_t5s_own():
         a = original(ids, decoder_input_ids=ids).last_hidden_state
         b = swapped(ids, decoder_input_ids=ids).last_hidden_state
     torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12)
+
+
+def _host_reads(model, ids, mask) -> int:
+    """Reads of tensor values on the host (aten::item and
+    aten::_local_scalar_dense) in one forward: on a GPU, each is a sync."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, \
+            torch.no_grad():
+        model(ids, attention_mask=mask)
+    return sum(e.count for e in prof.key_averages()
+               if e.key in ("aten::item", "aten::_local_scalar_dense"))
+
+
+def test_swapped_model_reads_no_more_values_than_the_original():
+    """Lengths are built on the device, once per mask, and not checked by
+    value in the layers: no host read beyond what the unswapped model does."""
+    config = dict(hidden=32, heads=2)
+    original = _bert(config["hidden"], config["heads"])
+    swapped = fastattn.swap_modules(_bert(config["hidden"], config["heads"]))
+    ids = torch.randint(0, 99, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.long)
+    mask[1, 5:] = 0
+    mask[2, 7:] = 0
+    assert _host_reads(swapped, ids, mask) <= _host_reads(original, ids, mask)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="device syncs need a GPU")
+def test_swapped_model_forward_never_syncs():
+    model = fastattn.swap_modules(_bert().cuda())
+    ids = torch.randint(0, 99, (3, 9), device="cuda")
+    mask = torch.ones(3, 9, dtype=torch.long, device="cuda")
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        model(ids, attention_mask=mask)  # warm-up: caches, autotuning
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(ids, attention_mask=mask)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
