@@ -1,16 +1,18 @@
-"""fastattn's benchmark: `fastattn-bench` / `python -m bench` (see docs/BENCHMARKS.md).
+"""fastattn's benchmark: `fastattn-bench` / `python -m fastattn.bench` (see docs/BENCHMARKS.md).
 
-cli            arguments, environment, the run over the parts, output folder
+cli            arguments, environment (version, load), the run over the parts, output folder
 shapes         the shape grids per op (full, quick, CPU-sized) and --shapes files
 backends       which fastattn backends are timed here (never the Triton interpreter)
 peers          the implementations fastattn is compared with, where they run
 runner         the shared loop: correctness gate, then timing, per implementation
-timing         GPU (CUDA events, rotating inputs) and CPU (perf_counter) timers
+timing         warm-up, samples, statistics, noise flag; cold caches (rotation past
+               the L2 / the CPU's last-level cache, or a scrub); CUDA events / perf_counter
 ceilings       copy bandwidth and matmul throughput measured in the same run
 ops_layernorm  the norm part: inputs, byte counts, gate
 ops_attention  the attention, cross and decode parts: inputs, FLOP/byte counts, gate
 ops_model      whole encoder-decoders, swapped to fastattn or not
-report         progress bar, terminal table, JSON, markdown, plots
+report         progress bar, terminal table, JSON, markdown, plots (fixed colours), flags
 gpu_check.sh   build + GPU tests + full benchmark on a GPU machine, in one call
 test_bench_cpu pytest-benchmark regression suite for the cpu backend (not in CI)
+test_timing    unit tests of timing, statistics, flags, LLC, CLI logic (not in CI)
 """

@@ -4,12 +4,13 @@
 #
 #   bash bench/gpu_check.sh RESULTS_DIR
 #
-# RESULTS_DIR receives at most 8 plain files:
+# RESULTS_DIR receives at most 10 plain files:
 #   env.txt        GPU, driver, versions, commit, build summary
 #   log.txt        build output, test output, benchmark console output
 #   bench.json     every figure with its environment (bench/report.py)
 #   bench.md       the markdown tables
-#   attention.png  decode.png  layernorm.png  memory.png   (if matplotlib is there)
+#   attention.png  cross.png  decode.png  layernorm.png  memory.png  model.png
+#                  (if matplotlib is there)
 # Copy the folder to bench/results/<date>_<gpu>_<commit>/ to commit a run.
 #
 # Optional: wheels in .whl/ (for peers such as liger-kernel, or matplotlib)
@@ -99,7 +100,7 @@ if [ "$BENCH_BUDGET" -gt 30 ]; then
     # Shapes not started 45 s before the deadline are left out (noted in the results).
     MINUTES=$("$PY" -c "print(max(0.2, ($BENCH_BUDGET - 45) / 60))")
     say "benchmark: --max-minutes $MINUTES, hard limit ${BENCH_BUDGET}s"
-    timeout -s INT -k 15 "$BENCH_BUDGET" "$PY" -m bench --op all --max-minutes "$MINUTES" \
+    timeout -s INT -k 15 "$BENCH_BUDGET" "$PY" -m fastattn.bench --op all --max-minutes "$MINUTES" \
         --out "$RESULTS" >> "$LOG" 2>&1
     rc=$?
     echo "benchmark: exit $rc (1 = a correctness FAIL, 124 = timed out)" >> "$ENV"

@@ -23,7 +23,7 @@ import torch
 
 from . import backends, peers
 from .peers import Impl
-from .runner import Case, Context, run_cases
+from .runner import Case, Context, Part, run_cases, steps_of
 
 # The gate's fp64 truth covers the whole call when its scores fit in this
 # many bytes; otherwise the first and last (batch, key-head group) slices,
@@ -159,17 +159,18 @@ def _gate(s: dict):
     return gate
 
 
-def run(op: str, shape_list: list[dict], wanted_backends, wanted_peers,
-        ctx: Context) -> list[dict]:
+def plan(op: str, shape_list: list[dict], wanted_backends, wanted_peers,
+         ctx: Context) -> Part | None:
+    """The attention, cross or decode part (None, with a note, if nothing can be timed)."""
     import fastattn
     if not hasattr(fastattn, "attention"):
         ctx.notes.add(f"{op}: fastattn.attention is not available in this build; part skipped")
-        return []
+        return None
     chosen = backends.timeable("attention", wanted_backends, ctx.device, ctx.dtype, ctx.notes)
     if not chosen:
         ctx.notes.add(f"{op}: no fastattn attention backend can be timed on "
                       f"{ctx.device.type}; part skipped")
-        return []
+        return None
     e = torch.empty((), dtype=ctx.dtype).element_size()
     impls = [_fastattn_impl(b) for b in chosen]
     impls += peers.attention_peers(wanted_peers, ctx.device, ctx.notes)
@@ -180,7 +181,6 @@ def run(op: str, shape_list: list[dict], wanted_backends, wanted_peers,
             shape=s, make_inputs=lambda seed, s=s: _make_inputs(s, ctx.device, ctx.dtype, seed),
             grad_names=("q", "k", "v"), work=work, unit=unit,
             set_bytes=(s["B"] * s["Hq"] * s["Lq"] + 2 * s["B"] * s["Hkv"] * s["Lk"]) * s["D"] * e,
-            gate=_gate(s), modes=tuple(m for m in work if m in ctx.modes)))
-    cases = [c for c in cases if c.modes]
-    ctx.progress.add_total(sum(len(c.modes) for c in cases) * len(impls))
-    return run_cases(op, [(c, impls) for c in cases], ctx)
+            gate=_gate(s), modes=tuple(m for m in work if m in ctx.modes), dy_like="q"))
+    cases = [(c, impls) for c in cases if c.modes]
+    return Part(op, ctx, steps_of(cases), lambda: run_cases(op, cases, ctx))

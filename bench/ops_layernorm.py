@@ -16,7 +16,7 @@ import torch
 
 from . import backends, peers
 from .peers import Impl
-from .runner import MODES, Case, Context, run_cases
+from .runner import MODES, Case, Context, Part, run_cases, steps_of
 
 EPS = 1e-5
 # The fp64 truth of the gate is computed over at most this many elements at a time.
@@ -128,12 +128,13 @@ def _gate(s: dict):
     return gate
 
 
-def run(shape_list: list[dict], wanted_backends, wanted_peers, ctx: Context) -> list[dict]:
+def plan(shape_list: list[dict], wanted_backends, wanted_peers, ctx: Context) -> Part | None:
+    """The layernorm part over `shape_list` (None, with a note, if nothing can be timed)."""
     e = torch.empty((), dtype=ctx.dtype).element_size()
     chosen = backends.timeable("norm", wanted_backends, ctx.device, ctx.dtype, ctx.notes)
     if not chosen:
         ctx.notes.add("layernorm: no fastattn backend can be timed here; part skipped")
-        return []
+        return None
     # Shapes of one norm kind share their implementations (and compiled peers).
     impls = {}
     for norm in dict.fromkeys(s["norm"] for s in shape_list):
@@ -146,7 +147,6 @@ def run(shape_list: list[dict], wanted_backends, wanted_peers, ctx: Context) -> 
             shape=s, make_inputs=lambda seed, s=s: _make_inputs(s, ctx.device, ctx.dtype, seed),
             grad_names=_grad_names(s), work=_bytes(s, e), unit="GB/s",
             set_bytes=(2 if s["norm"].startswith("add_") else 1) * s["rows"] * s["hidden"] * e,
-            gate=_gate(s), modes=tuple(m for m in MODES if m in ctx.modes))
+            gate=_gate(s), modes=tuple(m for m in MODES if m in ctx.modes), dy_like="x")
         cases.append((case, impls[s["norm"]]))
-    ctx.progress.add_total(sum(len(c.modes) * len(i) for c, i in cases))
-    return run_cases("layernorm", cases, ctx)
+    return Part("layernorm", ctx, steps_of(cases), lambda: run_cases("layernorm", cases, ctx))

@@ -20,6 +20,9 @@ Measured per model and implementation:
 Under bf16 (fp16) autocast on a GPU; fp32 on a CPU. The gate compares the
 swapped model's logits (eval mode) with the unswapped model in fp64, with
 the unswapped model's own error under the same autocast as the yardstick.
+Timed like the kernels (timing.measure: warm-up, at least 5 samples, median
+and spread) but warm: a training loop reuses its weights, so no cache
+scrubbing; the two training batches alternate.
 """
 
 from __future__ import annotations
@@ -34,11 +37,16 @@ from torch import nn
 
 from . import timing
 from .peers import Impl
-from .runner import Case, Context, _first_line, _row
+from .runner import Case, Context, Part, _first_line, _row
 
-# Model timings: fewer, longer repetitions than the kernels'.
-MODEL_BUDGET = timing.Budget(warmup_s=0.0, measure_s=1.0, min_reps=3, max_reps=10)
-QUICK_CPU_BUDGET = timing.Budget(warmup_s=0.0, measure_s=0.2, min_reps=2, max_reps=3)
+# Model timings: fewer, longer samples than the kernels'.
+MODEL_BUDGET = timing.Budget(warmup_s=0.0, warmup_calls=2, min_time_s=1.0, min_reps=5,
+                             max_reps=50, max_wall_s=10.0)
+QUICK_GPU_BUDGET = timing.Budget(warmup_s=0.0, warmup_calls=2, min_time_s=0.5, min_reps=5,
+                                 max_reps=50, max_wall_s=5.0)
+QUICK_CPU_BUDGET = timing.Budget(warmup_s=0.0, warmup_calls=1, min_time_s=0.2, min_reps=5,
+                                 max_reps=50, max_wall_s=2.0)
+MODES = ("train", "generate")
 
 
 @dataclass
@@ -183,22 +191,28 @@ def _generate(name: str, model, b: dict, new_tokens: int):
 # ---------------------------------------------------------------- variants
 
 
+def variant_names(name: str, wanted_peers) -> list[str]:
+    """The implementations a model is timed in (known before it is built)."""
+    if name == "transformer":
+        return ["fastattn", "torch"]
+    return ["fastattn", "hf sdpa"] + (["hf eager"] if "eager" in wanted_peers else [])
+
+
 def _variants(name: str, s: Sizes, device: torch.device, wanted_peers, notes: set[str]):
     """{impl name: model}: fastattn-swapped and unswapped copies, same weights."""
     import fastattn
     torch.manual_seed(0)
     base = (Seq2SeqTransformer(s) if name == "transformer" else _hf_model(name, s)).to(device)
     variants = {}
-    swapped = fastattn.swap_modules(copy.deepcopy(base))
-    variants["fastattn"] = swapped
-    if name == "transformer":
-        variants["torch"] = base
-        return variants, base
-    for impl in ("sdpa", "eager"):
-        if impl == "sdpa" or impl in wanted_peers:
+    for impl in variant_names(name, wanted_peers):
+        if impl == "fastattn":
+            variants[impl] = fastattn.swap_modules(copy.deepcopy(base))
+        elif impl == "torch":
+            variants[impl] = base
+        else:
             model = copy.deepcopy(base)
-            model.set_attn_implementation(impl)
-            variants[f"hf {impl}"] = model
+            model.set_attn_implementation(impl.removeprefix("hf "))
+            variants[impl] = model
     return variants, base
 
 
@@ -222,18 +236,24 @@ def _gate(name: str, base, autocast, variants: dict):
     return gate
 
 
-def run(quick: bool, wanted_peers, ctx: Context) -> list[dict]:
+def plan(quick: bool, wanted_peers, ctx: Context) -> Part | None:
+    """The model part (None, with a note, if fastattn cannot swap modules)."""
     import fastattn
     if not hasattr(fastattn, "swap_modules"):
         ctx.notes.add("model benchmark needs fastattn.swap_modules, which this build lacks; "
                       "part skipped")
-        return []
+        return None
     names = ["transformer"]
     try:
         import transformers  # noqa: F401
         names += ["bart", "bert2bert"]
     except ImportError:
         ctx.notes.add("model: transformers is not installed; bert2bert and BART left out")
+    steps = sum(len(MODES) * len(variant_names(n, wanted_peers)) for n in names)
+    return Part("model", ctx, steps, lambda: run(names, quick, wanted_peers, ctx))
+
+
+def run(names: list[str], quick: bool, wanted_peers, ctx: Context) -> list[dict]:
     dev = ctx.device
     if dev.type == "cuda" and ctx.dtype != torch.float32:
         def autocast():
@@ -242,21 +262,28 @@ def run(quick: bool, wanted_peers, ctx: Context) -> list[dict]:
         autocast = contextlib.nullcontext
         if ctx.dtype != torch.float32:
             ctx.notes.add(f"model on CPU runs in float32 (no {ctx.dtype} autocast timed on CPU)")
-    budget = QUICK_CPU_BUDGET if quick and dev.type == "cpu" else MODEL_BUDGET
+    if dev.type == "cpu":
+        budget = QUICK_CPU_BUDGET if quick else MODEL_BUDGET
+    else:
+        budget = QUICK_GPU_BUDGET if quick else MODEL_BUDGET
     from fastattn import _backends
     serving = {f: _backends.resolve("auto", f, dev) for f in ("attention", "norm")}
     ctx.notes.add(f"model: the swapped models run fastattn's auto backends on {dev.type}: "
                   f"attention {serving['attention']}, norms {serving['norm']}")
     rows = []
     for n, name in enumerate(names):
+        steps = len(MODES) * len(variant_names(name, wanted_peers))
         if time.monotonic() > ctx.deadline:
             ctx.notes.add(f"model: {', '.join(names[n:])} not run (time budget, --max-minutes)")
+            ctx.progress.advance(sum(len(MODES) * len(variant_names(m, wanted_peers))
+                                     for m in names[n:]))
             break
         s = sizes(name, quick, dev.type)
         try:
             variants, base = _variants(name, s, dev, wanted_peers, ctx.notes)
         except Exception as exc:
             ctx.notes.add(f"model {name}: could not be built ({_first_line(exc)})")
+            ctx.progress.advance(steps)
             continue
         train_batches = [_batch(s, i, dev, s.batch) for i in range(2)]
         gen_batch = _batch(s, 9, dev, s.gen_batch)
@@ -268,8 +295,7 @@ def run(quick: bool, wanted_peers, ctx: Context) -> list[dict]:
                     work={"train": sum(b["tokens"] for b in train_batches) / 2,
                           "generate": s.gen_batch * s.gen_tokens},
                     set_bytes=0, gate=_gate(name, base, autocast, variants),
-                    modes=("train", "generate"))
-        ctx.progress.add_total(2 * len(variants))
+                    modes=MODES)
         for impl_name, model in variants.items():
             impl = Impl(impl_name, run=None, fastattn=impl_name == "fastattn")
             if impl.fastattn:
@@ -281,7 +307,7 @@ def run(quick: bool, wanted_peers, ctx: Context) -> list[dict]:
                     status, message = "error", _first_line(exc)
                 if status != "ok":
                     rows += [_row(case, impl, m, ctx, status, message) for m in case.modes]
-                    ctx.progress.advance(2)
+                    ctx.progress.advance(len(case.modes))
                     continue
             optimizer = torch.optim.SGD(model.parameters(), lr=1e-4)
 
@@ -301,9 +327,10 @@ def run(quick: bool, wanted_peers, ctx: Context) -> list[dict]:
             for mode, call, n_sets in (("train", train_step, 2), ("generate", generate, 1)):
                 ctx.progress.step(f"{name} {impl_name} {mode}")
                 try:
-                    ms = timing.median_ms(call, n_sets, dev, budget)
-                    peak = timing.peak_memory_mib(call, dev)
-                    rows.append(_row(case, impl, mode, ctx, "ok", ms=ms, peak=peak))
+                    rotation = timing.warm_rotation(n_sets)
+                    stats = timing.measure(call, rotation, dev, budget)
+                    peak = timing.peak_memory_mib(call, dev, rotation)
+                    rows.append(_row(case, impl, mode, ctx, "ok", stats=stats, peak=peak))
                 except Exception as exc:
                     rows.append(_row(case, impl, mode, ctx, "error", _first_line(exc)))
                 ctx.progress.advance(1)

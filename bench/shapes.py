@@ -101,7 +101,8 @@ def attention_grid(quick: bool, device_type: str) -> list[dict]:
 def cross_grid(quick: bool, device_type: str) -> list[dict]:
     """Cross-attention, decoder queries over encoder keys (no causal mask)."""
     if device_type == "cpu":
-        B, lqs, lks = 4, ((64,) if quick else (64, 256)), ((512,) if quick else (128, 512, 2048))
+        B, lqs = 4, ((64,) if quick else (64, 256))
+        lks = (128, 512) if quick else (128, 512, 2048)
     else:
         B = 16
         lqs = (64, 1024) if quick else (64, 256, 1024)
