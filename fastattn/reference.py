@@ -205,13 +205,15 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     return (out, lse) if return_lse else out
 
 
-def _varlen_positions(cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
-    """For each packed token, its flat position b * max_seqlen + i in the
-    padded (B, max_seqlen) layout."""
+def _varlen_positions(cu_seqlens: Tensor, max_seqlen: int, total: int) -> Tensor:
+    """For each of the `total` packed tokens, its flat position
+    b * max_seqlen + i in the padded (B, max_seqlen) layout (computed on the
+    device: the total comes from the packed tensor, not from cu_seqlens)."""
     cu = cu_seqlens.to(torch.int64)
     lens = cu[1:] - cu[:-1]
-    seq = torch.repeat_interleave(torch.arange(lens.numel(), device=cu.device), lens)
-    return seq * max_seqlen + torch.arange(seq.numel(), device=cu.device) - cu[seq]
+    seq = torch.repeat_interleave(torch.arange(lens.numel(), device=cu.device), lens,
+                                  output_size=total)
+    return seq * max_seqlen + torch.arange(total, device=cu.device) - cu[seq]
 
 
 def _to_padded(t: Tensor, pos: Tensor, batch: int, max_seqlen: int) -> Tensor:
@@ -230,8 +232,8 @@ def _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
     """(q, k, v, q_lengths, kv_lengths, pos_q, pos_k) of the padded batch
     that the packed sequences are: sequence b is batch row b."""
     B = cu_seqlens_q.numel() - 1
-    pos_q = _varlen_positions(cu_seqlens_q, max_seqlen_q)
-    pos_k = _varlen_positions(cu_seqlens_k, max_seqlen_k)
+    pos_q = _varlen_positions(cu_seqlens_q, max_seqlen_q, q.shape[0])
+    pos_k = _varlen_positions(cu_seqlens_k, max_seqlen_k, k.shape[0])
     qp = _to_padded(q, pos_q, B, max_seqlen_q)
     kp = _to_padded(k, pos_k, B, max_seqlen_k)
     vp = _to_padded(v, pos_k, B, max_seqlen_k)

@@ -9,7 +9,7 @@ from .torch_nn import swap_torch_modules
 
 
 def swap_modules(model: torch.nn.Module, *, attention: bool = True, norm: bool = True,
-                 backend: str = "auto") -> torch.nn.Module:
+                 backend: str = "auto", unpad: bool = False) -> torch.nn.Module:
     """Replace, in place, the attention and norm modules of ``model`` by
     fastattn's, so that outputs and gradients match the original model.
 
@@ -18,17 +18,27 @@ def swap_modules(model: torch.nn.Module, *, attention: bool = True, norm: bool =
     transformers models (BERT, RoBERTa, DistilBERT, bert2bert
     EncoderDecoderModel, BART, Marian, T5, GPT-2) when transformers is
     installed. Returns ``model``.
+
+    unpad=True: encoder stacks with a padding mask run on valid tokens only
+    (fastattn/nn/unpad.py): the padding is removed at the stack's first
+    layer and put back (as zeros) at its exit; needs attention=True.
     """
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     _checks.check_flag("attention", attention)
     _checks.check_flag("norm", norm)
+    _checks.check_flag("unpad", unpad)
     _backends.check_name(backend)
+    if unpad and not attention:
+        raise ValueError("unpad=True needs attention=True: the packed sequences run through "
+                         "fastattn's attention")
     from . import hf
     done: dict[str, int] = {}
     if hf.is_hf_model(model):
-        done.update(hf.swap_hf_model(model, attention=attention, norm=norm, backend=backend))
-    done.update(swap_torch_modules(model, attention=attention, norm=norm, backend=backend))
+        done.update(hf.swap_hf_model(model, attention=attention, norm=norm, backend=backend,
+                                     unpad=unpad))
+    done.update(swap_torch_modules(model, attention=attention, norm=norm, backend=backend,
+                                   unpad=unpad))
     done = {kind: n for kind, n in done.items() if n}
     if done:
         _log.info("fastattn.swap_modules(%s): %s", type(model).__name__,

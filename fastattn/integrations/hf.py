@@ -47,6 +47,7 @@ import torch
 from torch import Tensor
 
 from .. import _log
+from ..nn import unpad
 from ..nn._convert import refuse_torchscript
 from ..nn.attention import _trailing_valid_lengths
 from . import hf_register
@@ -109,6 +110,9 @@ def fastattn_attention_forward(module: torch.nn.Module, query: Tensor, key: Tens
     lq, lk = query.shape[2], key.shape[2]
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
+    if kwargs.get("cu_seq_lens_q") is not None:
+        return _packed_attention(query, key, value, kwargs, dropout, scaling, is_causal,
+                                 position_bias, backend)
 
     causal = False
     mask: Optional[Tensor] = None
@@ -152,6 +156,27 @@ def fastattn_attention_forward(module: torch.nn.Module, query: Tensor, key: Tens
                                      kv_lengths=kv_lengths, dropout_p=float(dropout),
                                      scale=scaling, backend=backend)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _packed_attention(query: Tensor, key: Tensor, value: Tensor, kwargs: dict, dropout: float,
+                      scaling: Optional[float], is_causal: bool,
+                      position_bias: Optional[Tensor], backend: str) -> tuple[Tensor, None]:
+    """Packed sequences (1, H, T, D) delimited by cu_seq_lens_q/k: the
+    flash-attention kwargs of transformers, passed by swap_modules(unpad=
+    True)'s encoder layers (and by transformers' own padding-free batches).
+    Each sequence attends its own tokens (causally, from its first token,
+    when the module is causal)."""
+    from ..ops.attention_varlen import attention_varlen_with_own_seqlens
+
+    if position_bias is not None or query.shape[0] != 1:
+        raise ValueError("fastattn: packed sequences (cu_seq_lens_q) take no position bias "
+                         "and a batch of one")
+    q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))   # (T, H, D) views
+    out = attention_varlen_with_own_seqlens(
+        q, k, v, kwargs["cu_seq_lens_q"], kwargs["cu_seq_lens_k"], int(kwargs["max_length_q"]),
+        int(kwargs["max_length_k"]), causal=bool(is_causal) and q.shape[0] > 1,
+        dropout_p=float(dropout), scale=scaling, backend=backend)
+    return out.unsqueeze(0), None
 
 
 def register() -> None:
@@ -314,8 +339,33 @@ def _set_implementation(model: torch.nn.Module, backend: str) -> list[str]:
     return sorted({type(m).__name__ for m in left_alone})
 
 
+# Encoder stacks that unpad=True packs: the class of the stack, the
+# attribute holding its layers (each layer takes the hidden states, then the
+# 4-D mask). Decoder stacks (config.is_decoder) are left padded.
+UNPAD_STACKS = {
+    "transformers.models.bert.modeling_bert.BertEncoder": "layer",
+    "transformers.models.roberta.modeling_roberta.RobertaEncoder": "layer",
+    "transformers.models.distilbert.modeling_distilbert.Transformer": "layer",
+    "transformers.models.bart.modeling_bart.BartEncoder": "layers",
+    "transformers.models.marian.modeling_marian.MarianEncoder": "layers",
+}
+
+
+def _unpad_stacks(model: torch.nn.Module) -> int:
+    stacks = 0
+    for module in model.modules():
+        cls = type(module)
+        layers_attr = UNPAD_STACKS.get(f"{cls.__module__}.{cls.__qualname__}")
+        config = getattr(module, "config", None)
+        if layers_attr is None or getattr(config, "is_decoder", False):
+            continue
+        if unpad.wrap_stack(module, getattr(module, layers_attr)):
+            stacks += 1
+    return stacks
+
+
 def swap_hf_model(model: torch.nn.Module, *, attention: bool, norm: bool,
-                  backend: str) -> dict[str, int]:
+                  backend: str, unpad: bool = False) -> dict[str, int]:
     """Make a transformers model run fastattn, in place, keeping every weight.
 
     attention: select the "fastattn" attention implementation (model, its
@@ -338,5 +388,7 @@ def swap_hf_model(model: torch.nn.Module, *, attention: bool, norm: bool,
         done["transformers model (attention implementation)"] = switched
     if norm:
         done["T5-style RMS norm"] = _swap_norms(model, backend)
+    if unpad:
+        done["encoder stack (unpadded)"] = _unpad_stacks(model)
     return done
 

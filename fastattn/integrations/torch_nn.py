@@ -7,6 +7,7 @@ import torch
 
 from ..nn.attention import MultiheadAttention
 from ..nn.norm import LayerNorm, RMSNorm
+from ..nn import unpad as unpad_module
 from ..nn.transformer import TransformerDecoderLayer, TransformerEncoderLayer
 
 _LAYERS = {
@@ -16,7 +17,7 @@ _LAYERS = {
 
 
 def swap_torch_modules(model: torch.nn.Module, *, attention: bool, norm: bool,
-                       backend: str) -> dict[str, int]:
+                       backend: str, unpad: bool = False) -> dict[str, int]:
     """Convert torch.nn modules of ``model`` in place; returns how many of
     each class."""
     swapped: dict[str, int] = {}
@@ -40,4 +41,13 @@ def swap_torch_modules(model: torch.nn.Module, *, attention: bool, norm: bool,
         else:
             continue
         swapped[cls.__name__] = swapped.get(cls.__name__, 0) + 1
+    if unpad:
+        for module in model.modules():
+            if type(module) is torch.nn.TransformerEncoder and len(module.layers) \
+                    and isinstance(module.layers[0], TransformerEncoderLayer):
+                # the first layer packs a padded batch, the encoder unpacks
+                module.layers[0].unpad_first = True
+                unpad_module.unpack_at_exit(module)
+                swapped["TransformerEncoder (unpadded)"] = \
+                    swapped.get("TransformerEncoder (unpadded)", 0) + 1
     return swapped

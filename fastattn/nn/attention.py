@@ -141,6 +141,29 @@ class MultiheadAttention(ConvertibleFromTorch, torch.nn.MultiheadAttention):
                 raise AssertionError(f"expected shape of key_padding_mask to be {expected}, "
                                      f"but got {tuple(key_padding_mask.shape)}")
 
+    def packed_self_attention(self, x: Tensor, cu_seqlens: Tensor, max_seqlen: int) -> Tensor:
+        """Self-attention of packed sequences x (T, E) (sequence b is rows
+        cu_seqlens[b]:cu_seqlens[b + 1]), each attending only its own rows:
+        what forward(x, x, x, key_padding_mask) gives a padded batch, at
+        its valid tokens (swap_modules(unpad=True)). Needs the packed input
+        projection and no bias_k / add_zero_attn."""
+        from ..ops.attention_varlen import attention_varlen_with_own_seqlens
+
+        if not self.can_pack():
+            raise ValueError("packed_self_attention needs one input projection "
+                             "(kdim = vdim = embed_dim) and no bias_k / add_zero_attn")
+        h, d = self.num_heads, self.head_dim
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias).view(x.shape[0], 3, h, d)
+        out = attention_varlen_with_own_seqlens(
+            qkv[:, 0], qkv[:, 1], qkv[:, 2], cu_seqlens, cu_seqlens, max_seqlen, max_seqlen,
+            dropout_p=self.dropout if self.training else 0.0, backend=self.backend)
+        return self.out_proj(out.reshape(x.shape[0], self.embed_dim))
+
+    def can_pack(self) -> bool:
+        """Whether packed_self_attention serves this module."""
+        return (self._qkv_same_embed_dim and self.bias_k is None and not self.add_zero_attn
+                and self.head_dim <= MAX_HEAD_DIM)
+
     def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """q, k, v in (N, L, E) from batch-first inputs."""
         e = self.embed_dim

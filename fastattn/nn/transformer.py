@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import _log
+from . import unpad
 from ..ops.norm import add_layer_norm
 from ._convert import refuse_torchscript
 
@@ -70,15 +71,28 @@ def _feed_forward(layer) -> Branch:
 
 
 class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
-    """``torch.nn.TransformerEncoderLayer`` with fused dropout-add-norm."""
+    """``torch.nn.TransformerEncoderLayer`` with fused dropout-add-norm.
+
+    With ``unpad_first`` (set by swap_modules(unpad=True) on the first layer
+    of a TransformerEncoder) a padded batch with a key padding mask is packed
+    to its valid tokens (fastattn/integrations/unpad.py): this and the
+    following layers then run on those only, self-attention on packed
+    sequences, and the encoder's forward scatters the result back.
+    """
 
     backend = "auto"
     fuse_add_norm = True
+    unpad_first = False
     __prepare_scriptable__ = refuse_torchscript
     extra_repr = _extra_repr
 
     def forward(self, src: Tensor, src_mask: Optional[Tensor] = None,
                 src_key_padding_mask: Optional[Tensor] = None, is_causal: bool = False) -> Tensor:
+        packing = unpad.packing_of(src)
+        if packing is None and self.unpad_first:
+            packing, src = self._pack(src, src_mask, src_key_padding_mask, is_causal)
+        if packing is not None:
+            return packing.mark(self._packed_forward(src, packing))
         if src.is_nested:
             # torch.nn.TransformerEncoder(enable_nested_tensor=True) packs its
             # input for its own fast path; only torch's layer takes that.
@@ -92,6 +106,32 @@ class TransformerEncoderLayer(torch.nn.TransformerEncoderLayer):
             return self.self_attn(y, y, y, attn_mask=src_mask,
                                   key_padding_mask=src_key_padding_mask,
                                   need_weights=False, is_causal=is_causal)[0]
+
+        return _residual_chain(self, src, [
+            (self_attention, self.norm1, self.dropout1),
+            (_feed_forward(self), self.norm2, self.dropout2),
+        ])
+
+
+    def _pack(self, src, src_mask, key_padding_mask, is_causal):
+        """(packing, packed src), or (None, src) where this call must run padded."""
+        if (src_mask is not None or key_padding_mask is None or is_causal or src.dim() != 3
+                or src.is_nested or torch.compiler.is_compiling()
+                or not self.self_attn.can_pack()):
+            return None, src
+        if key_padding_mask.dtype == torch.bool:
+            valid = ~key_padding_mask
+        else:  # torch's encoder turns it into an additive mask (-inf = padding)
+            valid = key_padding_mask != float("-inf")
+        if not unpad.has_padding(valid):
+            return None, src
+        return unpad.Packing.of(src, valid, seq_first=not self.self_attn.batch_first)
+
+    def _packed_forward(self, src: Tensor, packing) -> Tensor:
+        """The layer on packed tokens (1, T, E)."""
+        def self_attention(y):
+            return self.self_attn.packed_self_attention(y[0], packing.cu_seqlens,
+                                                        packing.max_seqlen).unsqueeze(0)
 
         return _residual_chain(self, src, [
             (self_attention, self.norm1, self.dropout1),

@@ -159,7 +159,7 @@ def _check_max(name: str, value) -> int:
 
 
 def _check_cu_seqlens(name: str, cu: Tensor, q: Tensor, total: int, max_name: str,
-                      max_seqlen: int, batch: Optional[int]) -> Tensor:
+                      max_seqlen: int, batch: Optional[int], check_values: bool = True) -> Tensor:
     if not isinstance(cu, Tensor):
         raise TypeError(f"{name} must be an int32 tensor, got {type(cu).__name__}")
     if cu.dtype != torch.int32:
@@ -171,7 +171,7 @@ def _check_cu_seqlens(name: str, cu: Tensor, q: Tensor, total: int, max_name: st
                          f"cu_seqlens_q, got {tuple(cu.shape)}")
     if cu.device != q.device:
         raise ValueError(f"{name} must be on the device of q ({q.device}), got {cu.device}")
-    if _values_checkable(cu):
+    if check_values and _values_checkable(cu):
         values = cu.tolist()
         if values[0] != 0 or values[-1] != total:
             raise ValueError(f"{name} must start at 0 and end at the number of packed tokens "
@@ -194,13 +194,32 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
     k/v (total_k, Hkv, D), cu_seqlens_* int32 (batch + 1,) prefix sums.
     Returns out (total_q, Hq, D), and lse (Hq, total_q) when return_lse.
     deterministic as for attention()."""
+    return _frontend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                     dropout_p, scale, return_lse, backend, deterministic, check_values=True)
+
+
+def attention_varlen_with_own_seqlens(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
+                                      cu_seqlens_k: Tensor, max_seqlen_q: int,
+                                      max_seqlen_k: int, *, causal: bool = False,
+                                      dropout_p: float = 0.0, scale: Optional[float] = None,
+                                      backend: str = "auto") -> Tensor:
+    """attention_varlen() for fastattn's own integrations, which pack the
+    sequences themselves (swap_modules(unpad=True)): every check but reading
+    cu_seqlens' values (a device sync in every layer on a GPU)."""
+    return _frontend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+                     dropout_p, scale, False, backend, False, check_values=False)
+
+
+def _frontend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
+              dropout_p, scale, return_lse, backend, deterministic, check_values: bool):
     _check_qkv(q, k, v, packed=True)
     max_seqlen_q = _check_max("max_seqlen_q", max_seqlen_q)
     max_seqlen_k = _check_max("max_seqlen_k", max_seqlen_k)
     cu_seqlens_q = _check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q, q.shape[0],
-                                     "max_seqlen_q", max_seqlen_q, None)
+                                     "max_seqlen_q", max_seqlen_q, None, check_values)
     cu_seqlens_k = _check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, q, k.shape[0],
-                                     "max_seqlen_k", max_seqlen_k, cu_seqlens_q.numel() - 1)
+                                     "max_seqlen_k", max_seqlen_k, cu_seqlens_q.numel() - 1,
+                                     check_values)
     causal = _checks.check_flag("causal", causal)
     return_lse = _checks.check_flag("return_lse", return_lse)
     dropout_p = _checks.check_probability("dropout_p", dropout_p)

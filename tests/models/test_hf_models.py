@@ -149,6 +149,41 @@ def test_greedy_generation_matches(name, backend, device):
                                    msg=lambda m: f"step {step}: {m}")
 
 
+# swap_modules(unpad=True): the encoder stacks run on valid tokens only.
+# Every case here has a padded encoder batch; the encoder's self-attention
+# calls become packed (varlen) calls, everything else stays as it was.
+UNPAD_CASES = {"bert": 2, "roberta": 2, "distilbert": 2, "bert2bert": 2, "bart": 2,
+               "marian": 2}
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("name", list(UNPAD_CASES))
+def test_unpadded_model_matches(name, backend, device):
+    case = CASES[name]
+    original = build(case, "eager").train()
+    swapped = fastattn.swap_modules(copy.deepcopy(original), backend=backend, unpad=True)
+    batch = case.batch()
+
+    weights, truth, bases = _reference_runs(case, original, batch)
+    with FastattnOpCounter() as counter:
+        got = _step(swapped, batch, weights, torch.float32)
+    _compare(case, batch, got, truth, bases)
+    packed = UNPAD_CASES[name]
+    assert counter.counts.get("attention_varlen_fwd") == packed, counter.counts
+    assert counter.counts.get("attention_varlen_bwd") == packed, counter.counts
+    assert counter.counts.get("attention_fwd", 0) == case.attention_calls - packed
+
+
+def test_unpadded_encoder_outputs_zeros_at_padding():
+    case = CASES["bert"]
+    model = fastattn.swap_modules(build(case, "eager").eval(), unpad=True)
+    batch = case.batch()
+    with torch.no_grad():
+        hidden = model.bert(**batch).last_hidden_state
+    assert (hidden[~batch["attention_mask"].bool()] == 0).all()
+    assert hidden.shape[:2] == batch["input_ids"].shape
+
+
 class _GraphOps:
     """A torch.compile backend that records the fastattn:: ops of the graphs
     it receives (a dispatch-mode counter cannot run under compile), then

@@ -93,3 +93,39 @@ def test_compiled_swapped_encoder(backend, device):
     got = compiled(x, src_key_padding_mask=mask)
     valid = ~mask
     torch.testing.assert_close(got[valid], expected[valid], atol=1e-4, rtol=1e-4)
+
+
+def _encoder_step(model, x, mask, dtype):
+    model = model.to(dtype)
+    out = model(x.to(dtype), src_key_padding_mask=mask)
+    valid = ~mask if model.layers[0].self_attn.batch_first else (~mask).t()
+    (out[valid].float().square().mean()).backward()
+    return out, valid, [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("backend, device", BACKENDS)
+@pytest.mark.parametrize("batch_first", [True, False])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_unpadded_encoder_matches(backend, device, batch_first, norm_first):
+    """swap_modules(unpad=True) on a TransformerEncoder with a key padding
+    mask: outputs at valid positions and every gradient as the original,
+    attention on packed sequences, zeros at padded positions."""
+    layer = torch.nn.TransformerEncoderLayer(D_MODEL, NHEAD, 48, dropout=0.0,
+                                             batch_first=batch_first, norm_first=norm_first)
+    original = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    swapped = fastattn.swap_modules(copy.deepcopy(original), backend=backend, unpad=True)
+    lengths = torch.tensor([9, 5, 2])
+    mask = torch.arange(9)[None] >= lengths[:, None]
+    x = torch.randn((3, 9, D_MODEL) if batch_first else (9, 3, D_MODEL))
+
+    truth = _encoder_step(copy.deepcopy(original), x, mask, torch.float64)
+    base = _encoder_step(original, x, mask, torch.float32)
+    with FastattnOpCounter() as counter:
+        got = _encoder_step(swapped, x, mask, torch.float32)
+    assert counter.counts.get("attention_varlen_fwd") == 2, counter.counts
+    valid = got[1]
+    assert_close(got[0][valid], truth[0][valid], base[0][valid], "output")
+    assert (got[0][~valid] == 0).all()
+    names = [n for n, _ in original.named_parameters()]
+    for name, g, t, b in zip(names, got[2], truth[2], base[2]):
+        assert_close(g, t, b, f"grad of {name}")
