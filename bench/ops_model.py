@@ -1,4 +1,4 @@
-"""The model part: whole encoder-decoders, swapped to fastattn or not.
+"""The model part: whole models, swapped to fastattn or not.
 
 Models, built from configs with random weights (nothing downloaded):
   transformer  torch.nn.Transformer base (6+6 layers, d=512, 8 heads) with
@@ -6,17 +6,25 @@ Models, built from configs with random weights (nothing downloaded):
   bert2bert    Hugging Face EncoderDecoderModel, BERT-base encoder and
                decoder (cross-attention)
   bart         Hugging Face BartForConditionalGeneration, BART-base sizes
-Each runs as fastattn.swap_modules made it ("fastattn") and unswapped:
-torch's own modules for nn.Transformer, HF's "sdpa" and "eager" attention.
+  t5           Hugging Face T5ForConditionalGeneration, T5-small sizes
+  bert         Hugging Face BertForMaskedLM, BERT-base sizes, on a batch of
+               8 x 128 tokens with 26% padding (lengths 128, 100, 64, 128,
+               90, 40, 128, 77), and bert-pad50 with 50% padding
+Each runs as fastattn.swap_modules made it ("fastattn"), where its encoder
+can be unpadded also with swap_modules(unpad=True) ("fastattn unpad"), and
+unswapped: torch's own modules for nn.Transformer, HF's "sdpa" and "eager"
+attention.
 
 Measured per model and implementation:
   train     one training step (forward, loss, backward, SGD update) on a
-            batch whose lengths follow a skewed distribution (many short
-            sequences, few long: realistic padding); tokens/s counts the
-            source and target tokens that are not padding
+            padded batch (seq2seq models: lengths follow a skewed
+            distribution, many short sequences, few long); tokens/s counts
+            the tokens that are not padding
+  infer     one forward pass of that batch without gradients (the encoder's
+            and decoder's or the encoder's tokens, as train)
   generate  greedy decoding of a fixed number of new tokens (HF generate
             with its KV cache; nn.Transformer re-decodes the prefix, having
-            no cache); tokens/s counts the generated tokens
+            no cache); tokens/s counts the generated tokens; not for bert
 Under bf16 (fp16) autocast on a GPU; fp32 on a CPU. The gate compares the
 swapped model's logits (eval mode) with the unswapped model in fp64, with
 the unswapped model's own error under the same autocast as the yardstick.
@@ -46,7 +54,16 @@ QUICK_GPU_BUDGET = timing.Budget(warmup_s=0.0, warmup_calls=2, min_time_s=0.5, m
                                  max_reps=50, max_wall_s=5.0)
 QUICK_CPU_BUDGET = timing.Budget(warmup_s=0.0, warmup_calls=1, min_time_s=0.2, min_reps=5,
                                  max_reps=50, max_wall_s=2.0)
-MODES = ("train", "generate")
+SEQ2SEQ_MODES = ("train", "infer", "generate")
+ENCODER_MODES = ("train", "infer")
+# The batch of the issue-sized BERT-base case: 26% of its tokens are padding.
+BERT_LENGTHS = (128, 100, 64, 128, 90, 40, 128, 77)
+# Models whose encoder swap_modules(unpad=True) packs.
+UNPADDED = ("bert", "bert-pad50", "bart", "bert2bert")
+
+
+def modes_of(name: str) -> tuple[str, ...]:
+    return ENCODER_MODES if name.startswith("bert") and name != "bert2bert" else SEQ2SEQ_MODES
 
 
 @dataclass
@@ -63,16 +80,22 @@ class Sizes:
     gen_tokens: int   # new tokens per sequence in generation
 
 
+BASE = {"transformer": (512, 6, 8, 2048), "bert2bert": (768, 12, 12, 3072),
+        "bart": (768, 6, 12, 3072), "t5": (512, 6, 8, 2048), "bert": (768, 12, 12, 3072),
+        "bert-pad50": (768, 12, 12, 3072)}
+
+
 def sizes(name: str, quick: bool, device_type: str) -> Sizes:
-    if device_type == "cpu":
-        if quick:
-            return Sizes(64, 1, 4, 128, 500, 4, 32, 24, 2, 4)
-        return Sizes(128, 2, 4, 256, 1000, 4, 48, 32, 2, 8)
-    base = {"transformer": (512, 6, 8, 2048), "bert2bert": (768, 12, 12, 3072),
-            "bart": (768, 6, 12, 3072)}[name]
     if quick:
-        return Sizes(*base, 32000, 16, 128, 64, 8, 16)
-    return Sizes(*base, 32000, 32, 256, 128, 16, 64)
+        if device_type == "cpu":
+            return Sizes(64, 1, 4, 128, 500, 4, 32, 24, 2, 4)
+        return Sizes(*BASE[name], 32000, 16, 128, 64, 8, 16)
+    if name.startswith("bert") and name != "bert2bert":
+        return Sizes(*BASE[name], 30522, len(BERT_LENGTHS), 128, 0, 0, 0)
+    if device_type == "cpu":
+        # real widths, batches a 2-core CPU steps through in seconds
+        return Sizes(*BASE[name], 32000, 4, 128, 64, 2, 8)
+    return Sizes(*BASE[name], 32000, 32, 256, 128, 16, 64)
 
 
 # ------------------------------------------------------------------ models
@@ -109,6 +132,16 @@ class Seq2SeqTransformer(nn.Module):
 
 def _hf_model(name: str, s: Sizes):
     import transformers as tf
+    if name.startswith("bert") and name != "bert2bert":
+        return tf.BertForMaskedLM(tf.BertConfig(
+            vocab_size=s.vocab, hidden_size=s.d, num_hidden_layers=s.layers,
+            num_attention_heads=s.heads, intermediate_size=s.ffn,
+            max_position_embeddings=max(512, s.src_len)))
+    if name == "t5":
+        return tf.T5ForConditionalGeneration(tf.T5Config(
+            vocab_size=s.vocab, d_model=s.d, d_kv=s.d // s.heads, d_ff=s.ffn,
+            num_layers=s.layers, num_heads=s.heads, decoder_start_token_id=1, pad_token_id=0,
+            eos_token_id=None))
     if name == "bart":
         config = tf.BartConfig(vocab_size=s.vocab, d_model=s.d, encoder_layers=s.layers,
                                decoder_layers=s.layers, encoder_attention_heads=s.heads,
@@ -144,8 +177,23 @@ def _tokens(lengths: torch.Tensor, longest: int, vocab: int, g: torch.Generator)
     return ids.masked_fill(pad, 0), pad
 
 
-def _batch(s: Sizes, seed: int, device: torch.device, n: int) -> dict:
+def _fixed_lengths(name: str, s: Sizes) -> torch.Tensor | None:
+    """The encoder-only models' lengths: the issue's 26% padding, or 50%."""
+    if not name.startswith("bert") or name == "bert2bert":
+        return None
+    lengths = torch.tensor(BERT_LENGTHS) * s.src_len // 128
+    if name == "bert-pad50":
+        lengths = (lengths * s.src_len // (2 * lengths.float().mean())).long()
+    return lengths.clamp(2, s.src_len)
+
+
+def _batch(s: Sizes, seed: int, device: torch.device, n: int, name: str = "") -> dict:
     g = torch.Generator().manual_seed(3000 + seed)
+    fixed = _fixed_lengths(name, s)
+    if fixed is not None:
+        src, src_pad = _tokens(fixed[:n], s.src_len, s.vocab, g)
+        return {"src": src.to(device), "src_pad": src_pad.to(device),
+                "tokens": int(fixed[:n].sum())}
     src_len, tgt_len = _lengths(n, s.src_len, g), _lengths(n, s.tgt_len, g)
     src, src_pad = _tokens(src_len, s.src_len, s.vocab, g)
     tgt, tgt_pad = _tokens(tgt_len, s.tgt_len, s.vocab, g)
@@ -158,15 +206,26 @@ def _batch(s: Sizes, seed: int, device: torch.device, n: int) -> dict:
 # ------------------------------------------------------------ model calls
 
 
+def _encoder_only(b: dict) -> bool:
+    return "tgt" not in b
+
+
 def _logits(name: str, model, b: dict):
     if name == "transformer":
         return model(b["src"], b["src_pad"], b["tgt"], b["tgt_pad"])
+    if _encoder_only(b):
+        return model(input_ids=b["src"], attention_mask=(~b["src_pad"]).long()).logits
     return model(input_ids=b["src"], attention_mask=(~b["src_pad"]).long(),
                  decoder_input_ids=b["tgt"],
                  decoder_attention_mask=(~b["tgt_pad"]).long()).logits
 
 
 def _loss(name: str, model, b: dict):
+    if _encoder_only(b):  # masked-LM loss on every real token
+        logits = _logits(name, model, b)
+        labels = b["src"].masked_fill(b["src_pad"], -100)
+        return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
+                                           labels.reshape(-1), ignore_index=-100)
     logits = _logits(name, model, b)[:, :-1]
     labels = b["tgt"][:, 1:].masked_fill(b["tgt_pad"][:, 1:], -100)
     return nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]),
@@ -194,8 +253,9 @@ def _generate(name: str, model, b: dict, new_tokens: int):
 def variant_names(name: str, wanted_peers) -> list[str]:
     """The implementations a model is timed in (known before it is built)."""
     if name == "transformer":
-        return ["fastattn", "torch"]
-    return ["fastattn", "hf sdpa"] + (["hf eager"] if "eager" in wanted_peers else [])
+        return ["fastattn", "fastattn unpad", "torch"]
+    return (["fastattn"] + (["fastattn unpad"] if name in UNPADDED else []) + ["hf sdpa"]
+            + (["hf eager"] if "eager" in wanted_peers else []))
 
 
 def _variants(name: str, s: Sizes, device: torch.device, wanted_peers, notes: set[str]):
@@ -207,6 +267,8 @@ def _variants(name: str, s: Sizes, device: torch.device, wanted_peers, notes: se
     for impl in variant_names(name, wanted_peers):
         if impl == "fastattn":
             variants[impl] = fastattn.swap_modules(copy.deepcopy(base))
+        elif impl == "fastattn unpad":
+            variants[impl] = fastattn.swap_modules(copy.deepcopy(base), unpad=True)
         elif impl == "torch":
             variants[impl] = base
         else:
@@ -231,7 +293,7 @@ def _gate(name: str, base, autocast, variants: dict):
                 baseline = _logits(name, base, b).float()
         model.train()
         base.train()
-        valid = ~b["tgt_pad"]
+        valid = ~b["src_pad"] if _encoder_only(b) else ~b["tgt_pad"]
         return check_close(actual[valid], truth[valid], baseline[valid], "logits")
     return gate
 
@@ -246,10 +308,11 @@ def plan(quick: bool, wanted_peers, ctx: Context) -> Part | None:
     names = ["transformer"]
     try:
         import transformers  # noqa: F401
-        names += ["bart", "bert2bert"]
+        names += ["bert", "bert-pad50", "bart", "t5", "bert2bert"]
     except ImportError:
-        ctx.notes.add("model: transformers is not installed; bert2bert and BART left out")
-    steps = sum(len(MODES) * len(variant_names(n, wanted_peers)) for n in names)
+        ctx.notes.add("model: transformers is not installed; the Hugging Face models are "
+                      "left out")
+    steps = sum(len(modes_of(n)) * len(variant_names(n, wanted_peers)) for n in names)
     return Part("model", ctx, steps, lambda: run(names, quick, wanted_peers, ctx))
 
 
@@ -272,10 +335,11 @@ def run(names: list[str], quick: bool, wanted_peers, ctx: Context) -> list[dict]
                   f"attention {serving['attention']}, norms {serving['norm']}")
     rows = []
     for n, name in enumerate(names):
-        steps = len(MODES) * len(variant_names(name, wanted_peers))
+        modes = modes_of(name)
+        steps = len(modes) * len(variant_names(name, wanted_peers))
         if time.monotonic() > ctx.deadline:
             ctx.notes.add(f"model: {', '.join(names[n:])} not run (time budget, --max-minutes)")
-            ctx.progress.advance(sum(len(MODES) * len(variant_names(m, wanted_peers))
+            ctx.progress.advance(sum(len(modes_of(m)) * len(variant_names(m, wanted_peers))
                                      for m in names[n:]))
             break
         s = sizes(name, quick, dev.type)
@@ -285,17 +349,20 @@ def run(names: list[str], quick: bool, wanted_peers, ctx: Context) -> list[dict]
             ctx.notes.add(f"model {name}: could not be built ({_first_line(exc)})")
             ctx.progress.advance(steps)
             continue
-        train_batches = [_batch(s, i, dev, s.batch) for i in range(2)]
-        gen_batch = _batch(s, 9, dev, s.gen_batch)
+        train_batches = [_batch(s, i, dev, s.batch, name) for i in range(2)]
+        gen_batch = _batch(s, 9, dev, s.gen_batch, name) if "generate" in modes else None
         shape = {"op": "model", "model": name, "family": f"model {name}", "x": s.src_len,
                  "batch": s.batch, "src_len": s.src_len, "tgt_len": s.tgt_len,
                  "d": s.d, "layers": s.layers, "gen_batch": s.gen_batch,
-                 "gen_tokens": s.gen_tokens}
+                 "gen_tokens": s.gen_tokens,
+                 "pad": 1 - train_batches[0]["tokens"] / (s.batch * s.src_len)
+                 if "tgt" not in train_batches[0] else None}
         case = Case(shape=shape, make_inputs=None, grad_names=(), unit="tokens/s",
                     work={"train": sum(b["tokens"] for b in train_batches) / 2,
+                          "infer": sum(b["tokens"] for b in train_batches) / 2,
                           "generate": s.gen_batch * s.gen_tokens},
                     set_bytes=0, gate=_gate(name, base, autocast, variants),
-                    modes=MODES)
+                    modes=modes)
         for impl_name, model in variants.items():
             impl = Impl(impl_name, run=None, fastattn=impl_name == "fastattn")
             if impl.fastattn:
@@ -318,13 +385,21 @@ def run(names: list[str], quick: bool, wanted_peers, ctx: Context) -> list[dict]
                 loss.backward()
                 optimizer.step()
 
+            def infer(i, model=model):
+                model.eval()
+                with autocast(), torch.no_grad():
+                    _logits(name, model, train_batches[i])
+                model.train()
+
             def generate(i, model=model):
                 model.eval()
                 with autocast():
                     _generate(name, model, gen_batch, s.gen_tokens)
                 model.train()
 
-            for mode, call, n_sets in (("train", train_step, 2), ("generate", generate, 1)):
+            calls = {"train": (train_step, 2), "infer": (infer, 2), "generate": (generate, 1)}
+            for mode in modes:
+                call, n_sets = calls[mode]
                 ctx.progress.step(f"{name} {impl_name} {mode}")
                 try:
                     rotation = timing.warm_rotation(n_sets)

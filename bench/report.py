@@ -317,7 +317,7 @@ def write_json(path: str, env: dict, settings: dict, ceilings: dict, notes: list
 # a stable one from FALLBACK_COLOURS (by a hash of the name).
 COLOURS = {
     "fastattn[cuda]": "#1f77b4", "fastattn[triton]": "#9467bd", "fastattn[cpu]": "#17becf",
-    "fastattn[reference]": "#7f7f7f", "fastattn": "#0b3d91",
+    "fastattn[reference]": "#7f7f7f", "fastattn": "#0b3d91", "fastattn unpad": "#6baed6",
     "torch eager": "#ff7f0e", "torch": "#ff7f0e", "torch.compile": "#d62728",
     "liger": "#2ca02c", "apex": "#8c564b",
     "sdpa-flash": "#e377c2", "sdpa-efficient": "#bcbd22", "sdpa-cudnn": "#98df8a",
@@ -351,7 +351,7 @@ LINE_PLOTS = {"attention": (("attention",), "throughput", "TFLOP/s"),
               "decode": (("decode",), "throughput", "GB/s"),
               "layernorm": (("layernorm",), "throughput", "GB/s"),
               "memory": (("attention", "cross"), "peak_mib", "peak memory (MiB)")}
-MODE_ORDER = ["fwd", "bwd", "fwd+bwd", "train", "generate"]
+MODE_ORDER = ["fwd", "bwd", "fwd+bwd", "train", "infer", "generate"]
 
 
 def _interval(r: dict, key: str):

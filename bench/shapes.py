@@ -206,6 +206,9 @@ def label(s: dict) -> str:
     if s["op"] == "layernorm":
         return f"{s['norm']} {s['rows']}x{s['hidden']}"
     if s["op"] == "model":
+        if not s["tgt_len"]:  # encoder-only: one padded batch
+            return (f"{s['model']} d={s['d']} layers={s['layers']} B={s['batch']} "
+                    f"L={s['src_len']} pad={round(s['pad'] * 100)}%")
         return (f"{s['model']} d={s['d']} layers={s['layers']} train B={s['batch']} "
                 f"src<={s['src_len']} tgt<={s['tgt_len']}; generate B={s['gen_batch']} "
                 f"x{s['gen_tokens']}")
