@@ -15,6 +15,8 @@ import torch
 from torch import Tensor
 
 from . import _checks, _rng
+from .ops.variants import NONE as NO_VARIANTS
+from .ops.variants import Variants, check_variants, t5_bucket
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -96,13 +98,23 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]
 # --------------------------------------------------------------- attention
 
 
-def attention_scores(q, k, causal, attn_mask, q_lengths, kv_lengths, scale, ct):
-    """The scaled scores (B, Hq, Lq, Lk) in dtype `ct`, bias added, -inf
-    wherever API.md's rules forbid query i to attend key j."""
+def attention_scores(q, k, causal, attn_mask, q_lengths, kv_lengths, scale, ct,
+                     variants: Variants = NO_VARIANTS, rel_per_row: bool = False,
+                     cap_grad: bool = False):
+    """The scaled scores (B, Hq, Lq, Lk) in dtype `ct`, softcapped, bias,
+    ALiBi and relative bias added, -inf wherever API.md's rules forbid query
+    i to attend key j. With cap_grad, also d(capped)/d(raw) = 1 - tanh^2
+    (None without softcap). rel_per_row: the relative bias's positions are
+    each row's own (packed sequences), not the padded shapes'."""
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     kc = k.to(ct).repeat_interleave(Hq // Hkv, dim=1)
     s = torch.matmul(q.to(ct), kc.transpose(-1, -2)) * scale
+    cap_factor = None
+    if variants.softcap > 0:
+        t = torch.tanh(s / variants.softcap)
+        s = variants.softcap * t
+        cap_factor = 1 - t * t
 
     dev = q.device
     i = torch.arange(Lq, device=dev).view(1, Lq, 1)
@@ -111,27 +123,43 @@ def attention_scores(q, k, causal, attn_mask, q_lengths, kv_lengths, scale, ct):
              else torch.full((B,), Lq, device=dev)).view(B, 1, 1)
     kv_len = (kv_lengths.to(dev, torch.int64) if kv_lengths is not None
               else torch.full((B,), Lk, device=dev)).view(B, 1, 1)
+    off = kv_len - q_len  # (B, 1, 1): the alignment of causal, window and ALiBi
     allowed = (i < q_len) & (j < kv_len)  # (B, Lq, Lk)
     if causal:
-        allowed = allowed & (j <= i + (kv_len - q_len))
+        allowed = allowed & (j <= i + off)
+    left, right = variants.window
+    if left >= 0:
+        allowed = allowed & (j >= i + off - left)
+    if right >= 0:
+        allowed = allowed & (j <= i + off + right)
     allowed = allowed.unsqueeze(1)  # (B, 1, Lq, Lk)
     if attn_mask is not None:
         if attn_mask.dtype == torch.bool:
             allowed = allowed & attn_mask
         else:
             s = s + attn_mask.to(ct)
-    return s.masked_fill(~allowed, float("-inf"))
+    if variants.alibi_slopes is not None:
+        slopes = variants.alibi_slopes.to(ct).expand(B, Hq).view(B, Hq, 1, 1)
+        s = s - slopes * (i + off - j).abs().unsqueeze(1).to(ct)
+    if variants.rel_bias is not None:
+        rel = variants.rel_bias
+        r = j - i - (off if rel_per_row else Lk - Lq)  # (B or 1, Lq, Lk)
+        buckets = t5_bucket(r, rel.bidirectional, rel.num_buckets, rel.max_distance)
+        s = s + rel.table.to(ct)[buckets].permute(0, 3, 1, 2)  # (B, Hq, Lq, Lk)
+    s = s.masked_fill(~allowed, float("-inf"))
+    return (s, cap_factor) if cap_grad else s
 
 
 def _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale, seed=None,
-               compute_dtype=None):
+               compute_dtype=None, variants: Variants = NO_VARIANTS, rel_per_row: bool = False):
     """(out, lse) of API.md's attention, materializing the scores.
 
     lse is float32 (float64 for float64 inputs). Dropout draws the mask the
     kernels draw: row = (b * Hq + h) * Lq + i, col = j of fastattn._rng, and
     scales kept probabilities by 1 / (1 - p); lse is taken before dropout.
     `compute_dtype` overrides the float32/float64 arithmetic (tests use the
-    input's own low precision as "plain PyTorch" baseline).
+    input's own low precision as "plain PyTorch" baseline). `variants`:
+    windows, ALiBi, softcapping, relative bias (fastattn/ops/variants.py).
     """
     ct = compute_dtype or _compute_dtype(q.dtype)
     B, Hq, Lq, D = q.shape
@@ -140,7 +168,8 @@ def _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, sca
         scale = D ** -0.5
     dev = q.device
     vc = v.to(ct).repeat_interleave(Hq // Hkv, dim=1)
-    s = attention_scores(q, k, causal, attn_mask, q_lengths, kv_lengths, scale, ct)
+    s = attention_scores(q, k, causal, attn_mask, q_lengths, kv_lengths, scale, ct, variants,
+                         rel_per_row)
 
     # A row with nothing to attend is all -inf: give it out 0, lse -inf and
     # zero gradients. Computing softmax/logsumexp on such a row would give
@@ -160,19 +189,23 @@ def _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, sca
 
 
 def _attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, causal,
-                   scale, dropout_p=0.0, seed=None, mask_grad=False, compute_dtype=None):
-    """(dq, dk, dv, dmask) by the formulas the kernels use, materialized:
+                   scale, dropout_p=0.0, seed=None, mask_grad=False, compute_dtype=None,
+                   variants: Variants = NO_VARIANTS, rel_per_row: bool = False):
+    """(dq, dk, dv, dmask, dtable) by the formulas the kernels use, materialized:
         p = exp(s - lse),   dp = dout v^T (times keep / (1 - p_drop) with dropout),
         delta = rowsum(dout * out) - dlse,   ds = p (dp - delta),
-        dq = scale ds k,   dk = scale ds^T q,   dv = p_dropped^T dout,
-        dmask = ds summed to the mask's shape (None unless mask_grad).
+        dq = scale ds' k,   dk = scale ds'^T q,   dv = p_dropped^T dout,
+        ds' = ds (1 - tanh^2(s_raw / softcap)) with softcap, else ds,
+        dmask = ds summed to the mask's shape (None unless mask_grad),
+        dtable = ds summed per relative-position bucket (None without rel_bias).
     Rows with lse = -inf get p = 0, hence zero gradients.
     """
     ct = compute_dtype or _compute_dtype(q.dtype)
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     group = Hq // Hkv
-    s = attention_scores(q, k, causal, attn_mask, q_lengths, kv_lengths, scale, ct)
+    s, cap_factor = attention_scores(q, k, causal, attn_mask, q_lengths, kv_lengths, scale, ct,
+                                     variants, rel_per_row, cap_grad=True)
     finite = torch.isfinite(lse)
     p = torch.exp(s - torch.where(finite, lse.to(ct), float("inf"))[..., None])
     do = dout.to(ct)
@@ -189,19 +222,37 @@ def _attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengt
         delta = delta - torch.where(finite, dlse.to(ct), torch.zeros((), dtype=ct,
                                                                      device=q.device))
     ds = p * (dp - delta[..., None])
+    dmask = ds.sum_to_size(attn_mask.shape).to(attn_mask.dtype) if mask_grad else None
+    dtable = None
+    if variants.rel_bias is not None:
+        rel = variants.rel_bias
+        i = torch.arange(Lq, device=q.device).view(1, Lq, 1)
+        j = torch.arange(Lk, device=q.device).view(1, 1, Lk)
+        off = ((kv_lengths.view(B, 1, 1) - q_lengths.view(B, 1, 1)) if rel_per_row
+               and kv_lengths is not None and q_lengths is not None else Lk - Lq)
+        buckets = t5_bucket(j - i - off, rel.bidirectional, rel.num_buckets, rel.max_distance)
+        buckets = buckets.expand(B, Lq, Lk).unsqueeze(1).expand(B, Hq, Lq, Lk)
+        heads = torch.arange(Hq, device=q.device).view(1, Hq, 1, 1).expand(B, Hq, Lq, Lk)
+        dtable = torch.zeros(rel.table.shape, dtype=ct, device=q.device).index_put_(
+            (buckets.reshape(-1), heads.reshape(-1)), ds.reshape(-1), accumulate=True)
+        dtable = dtable.to(rel.table.dtype)
+    if cap_factor is not None:
+        ds = ds * cap_factor
     dq = scale * torch.matmul(ds, kr)
     dk = (scale * torch.matmul(ds.transpose(-1, -2), q.to(ct))).view(B, Hkv, group, Lk, D)
     dv = torch.matmul(p_dropped.transpose(-1, -2), do).view(B, Hkv, group, Lk, D)
-    dmask = ds.sum_to_size(attn_mask.shape).to(attn_mask.dtype) if mask_grad else None
-    return dq.to(q.dtype), dk.sum(2).to(k.dtype), dv.sum(2).to(v.dtype), dmask
+    return dq.to(q.dtype), dk.sum(2).to(k.dtype), dv.sum(2).to(v.dtype), dmask, dtable
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
               attn_mask: Optional[Tensor] = None, q_lengths: Optional[Tensor] = None,
               kv_lengths: Optional[Tensor] = None, dropout_p: float = 0.0,
               scale: Optional[float] = None, return_lse: bool = False,
-              backend: str = "reference"):
-    out, lse = _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale)
+              backend: str = "reference", window_size=(-1, -1), alibi_slopes=None,
+              softcap: float = 0.0, rel_bias=None):
+    variants = check_variants(q, q.shape[0], window_size, alibi_slopes, softcap, rel_bias)
+    out, lse = _attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale,
+                          variants=variants)
     return (out, lse) if return_lse else out
 
 
@@ -273,8 +324,9 @@ def _attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlen
     doutp = _to_padded(dout, pos_q, B, max_seqlen_q)
     dlsep = (None if dlse is None else
              _to_padded(dlse.transpose(0, 1).unsqueeze(-1), pos_q, B, max_seqlen_q)[..., 0])
-    dq, dk, dv, _ = (padded_bwd or _attention_bwd)(doutp, dlsep, qp, kp, vp, outp, lsep, None,
-                                                   ql, kl, causal, scale, dropout_p, seed)
+    grads = (padded_bwd or _attention_bwd)(doutp, dlsep, qp, kp, vp, outp, lsep, None, ql, kl,
+                                           causal, scale, dropout_p, seed)
+    dq, dk, dv = grads[:3]
     return _to_packed(dq, pos_q), _to_packed(dk, pos_k), _to_packed(dv, pos_k)
 
 

@@ -99,9 +99,9 @@ def _reference_fwd(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scal
 def _reference_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed,
                    causal, scale, dropout_p, mask_grad):
     from .. import reference
-    dq, dk, dv, dmask = reference._attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask,
-                                                 q_lengths, kv_lengths, causal, scale,
-                                                 dropout_p, seed, mask_grad)
+    dq, dk, dv, dmask, _ = reference._attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask,
+                                                    q_lengths, kv_lengths, causal, scale,
+                                                    dropout_p, seed, mask_grad)
     dmask = _like(attn_mask, dmask) if mask_grad else q.new_empty((0,))
     return _like(q, dq), _like(k, dk), _like(v, dv), dmask
 
