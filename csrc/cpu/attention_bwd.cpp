@@ -66,6 +66,7 @@ struct BwdPlan {
   A* dq_part = nullptr;        // (chunks, B, Hq, Lq, D) partial dq when chunks > 1
   A* b_part = nullptr;         // the same for B (own delta, see above)
   double* c_part = nullptr;    // (chunks, B, Hq, Lq) partial C (own delta)
+  double* drel_part = nullptr; // (chunks, B, Hq, 2R + 1) partial sums of ds per relative position
 };
 
 template <typename T>
@@ -119,8 +120,9 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
   // (BM x D), p, dp and dropped-p tiles (BN x BM), lse shift (two parts),
   // delta, keys; with own delta the B accumulator (BM x D) and C (BM).
   const bool own_delta = p.own_delta_dq;
+  const bool cap = pb.mods.softcap > 0;
   std::vector<A> buf(static_cast<size_t>(4 * chunk_keys * D + 2 * D * BM + 4 * BM * D +
-                                         3 * BN * BM + 3 * BM));
+                                         5 * BN * BM + 4 * BM + BN));
   std::vector<double> c_buf(static_cast<size_t>(BM));
   A* kw = buf.data();
   A* vw = kw + chunk_keys * D;
@@ -138,6 +140,9 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
   A* shift_lo = shift + BM;
   A* dlt = shift_lo + BM;
   A* b_acc = dlt + BM;            // B_i = sum_j p_ij k_j (own delta)
+  A* cap_t = b_acc + BM * D;      // softcap: tanh, then the factor 1 - tanh^2 (BN x BM)
+  A* pf = cap_t + BN * BM;        // softcap and own delta: p (1 - tanh^2)
+  A* diag_bias = pf + BN * BM;    // the relative bias along a tile's diagonals
   double* c_sum = c_buf.data();   // C_i = sum_j p_ij dp_ij (own delta)
   std::vector<uint32_t> keys(static_cast<size_t>(2 * BM));
   uint32_t* ka = keys.data();
@@ -180,16 +185,16 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
         const int64_t rows = std::min(BM, q_len - i0);
         const int64_t cols = tile_columns<VB, A>(rows);
         // Keys of the chunk that some row of the block may attend.
-        int64_t kend = j_hi;
-        if (pb.causal) kend = std::clamp<int64_t>(i0 + rows + diag, j_lo, kend);
-        if (kend == j_lo && sp.chunks > 1) continue;
+        const KeyRange keys(i0, rows, kv_len, diag, pb.causal, pb.mods, j_lo, j_hi);
+        const int64_t kstart = keys.lo, kend = keys.hi;
+        if (kend == kstart && sp.chunks > 1) continue;
 
         std::fill(dq_acc, dq_acc + rows * D, A(0));
         if (own_delta) {
           std::fill(b_acc, b_acc + rows * D, A(0));
           std::fill(c_sum, c_sum + rows, 0.0);
         }
-        if (kend > j_lo) {
+        if (kend > kstart) {
           tiles::load_transposed(qt, BM, qbase + i0 * p.qs.l, p.qs.l, rows, cols, D, scale);
           tiles::load_transposed(dot, BM, dobase + i0 * p.dos.l, p.dos.l, rows, cols, D, A(1));
           int64_t qld = 0, dold = 0;
@@ -211,15 +216,20 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
           }
           if (pb.drop.on) tiles::dropout_keys(pb.drop.seed, row0 + i0, rows, ka, kb);
 
-          for (int64_t j0 = j_lo; j0 < kend; j0 += BN) {
+          double* drel = sp.drel_part == nullptr ? nullptr
+                         : sp.drel_part + ((chunk * pb.B + b) * pb.Hq + h) *
+                                              (2 * pb.mods.rel_radius + 1);
+          const int64_t rel_off = pb.mods.rel_per_row ? diag : pb.Lk - pb.Lq;
+          for (int64_t j0 = kstart; j0 < kend; j0 += BN) {
             const int64_t nb = std::min(BN, kend - j0);
             const A* kj = kr + (j0 - j_lo) * kld;
             const A* vj = vr + (j0 - j_lo) * vld;
             tiles::gemm_acc<VB>(nb, cols, D, kj, kld, 1, qt, BM, pt, BM, /*overwrite=*/true);
-            tiles::apply_mask(pt, BM, nb, rows, pb.mask, b, h, i0, j0);
-            if (pb.causal && tiles::crosses_diagonal(i0, j0, nb, diag))
-              tiles::apply_causal(pt, BM, nb, rows, i0, j0, diag);
+            score_path(pt, cap ? cap_t : nullptr, diag_bias, BM, nb, cols, rows, pb.mask,
+                       pb.causal, pb.mods, pb.Hq, pb.Lq, pb.Lk, b, h, i0, j0, diag,
+                       keys.partial(j0, nb));
             tiles::col_exp(pt, BM, nb, cols, shift, shift_lo);
+            if (cap) softcap_factor(cap_t, BM, nb, cols);  // tanh -> 1 - tanh^2
             tiles::gemm_acc<VB>(nb, cols, D, vj, vld, 1, dot, BM, dpt, BM, /*overwrite=*/true);
             const A* pv = pt;  // the probabilities that multiplied v
             if (pb.drop.on) {
@@ -230,19 +240,29 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
             }
             if (own_delta) {
               tiles::col_dot_sum(pt, dpt, BM, nb, rows, c_sum);                   // C += p dp
-              tiles::gemm_acc<VB>(rows, D, nb, pt, 1, BM, kj, kld, b_acc, D);      // B += p k
+              const A* pk = pt;  // p, or p (1 - tanh^2) under a softcap
+              if (cap) {
+                tiles::col_product(pt, cap_t, pf, BM, nb, cols);
+                pk = pf;
+              }
+              tiles::gemm_acc<VB>(rows, D, nb, pk, 1, BM, kj, kld, b_acc, D);      // B += p k
             }
             A* dkj = dk_acc + (j0 - j_lo) * D;
             A* dvj = dv_acc + (j0 - j_lo) * D;
             tiles::gemm_acc<VB>(nb, D, rows, pv, BM, 1, dor, dold, dvj, D);  // dv += p^T dout
             tiles::col_scores_grad(pt, dpt, BM, nb, cols, dlt);              // dpt = ds^T
-            tiles::gemm_acc<VB>(nb, D, rows, dpt, BM, 1, qr, qld, dkj, D);   // dk += ds^T q
-            tiles::gemm_acc<VB>(rows, D, nb, dpt, 1, BM, kj, kld, dq_acc, D);  // dq += ds k
+            // The gradient of the additive terms is ds itself; the product
+            // with q and k also passes the softcap's tanh: ds (1 - tanh^2).
             if (p.dbias != nullptr) {
               A* dbias = p.dbias + (row0 + i0) * pb.Lk + j0;
               for (int64_t j = 0; j < nb; ++j)
                 for (int64_t c = 0; c < rows; ++c) dbias[c * pb.Lk + j] = dpt[j * BM + c];
             }
+            if (drel != nullptr)
+              add_by_diagonal(dpt, BM, nb, rows, drel, j0 - i0 - rel_off + pb.mods.rel_radius);
+            if (cap) tiles::col_product(dpt, cap_t, dpt, BM, nb, cols);
+            tiles::gemm_acc<VB>(nb, D, rows, dpt, BM, 1, qr, qld, dkj, D);   // dk += ds^T q
+            tiles::gemm_acc<VB>(rows, D, nb, dpt, 1, BM, kj, kld, dq_acc, D);  // dq += ds k
           }
         }
         if (sp.chunks == 1) {
@@ -313,8 +333,8 @@ std::vector<acc_t<T>> row_deltas(const BwdParams<T>& p) {
 }
 
 // Cost of each item: the (query, key) pairs of its chunk that take part,
-// over the group's query heads (with causal, each key's queries from the
-// diagonal on), plus clearing its padded rows.
+// over the group's query heads (with causal or a window, each key's
+// queries within them), plus clearing its padded rows.
 template <typename A>
 std::vector<int64_t> bwd_costs(const Problem& pb, const BwdPlan<A>& sp) {
   const int64_t chunk_keys = sp.blocks * kBlockN, group = pb.Hq / pb.Hkv;
@@ -325,9 +345,15 @@ std::vector<int64_t> bwd_costs(const Problem& pb, const BwdPlan<A>& sp) {
     const int64_t j_lo = std::min(pb.Lk, chunk * chunk_keys);
     const int64_t j_hi = std::clamp<int64_t>(kv_len, j_lo, std::min(pb.Lk, j_lo + chunk_keys));
     int64_t pairs = 0;
-    for (int64_t j = j_lo; j < j_hi; ++j)
-      pairs += pb.causal ? std::clamp<int64_t>(q_len - std::max<int64_t>(0, j - diag), 0, q_len)
-                         : q_len;
+    for (int64_t j = j_lo; j < j_hi; ++j) {
+      // the queries i that key j is visible to: causal i >= j - diag, and
+      // the window j - diag - right <= i <= j - diag + left
+      int64_t i_lo = 0, i_hi = q_len;
+      if (pb.causal) i_lo = std::max<int64_t>(i_lo, j - diag);
+      if (pb.mods.win_right >= 0) i_lo = std::max<int64_t>(i_lo, j - diag - pb.mods.win_right);
+      if (pb.mods.win_left >= 0) i_hi = std::min<int64_t>(i_hi, j - diag + pb.mods.win_left + 1);
+      pairs += std::max<int64_t>(0, i_hi - i_lo);
+    }
     cost[item] = group * pairs + chunk_keys;
   }
   return cost;
@@ -352,6 +378,12 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
   std::vector<A> dq_part, b_part;
   std::vector<double> c_part;
   const int64_t rows = pb.B * pb.Hq * pb.Lq;
+  std::vector<double> drel_part;
+  const int64_t rel_width = 2 * pb.mods.rel_radius + 1;
+  if (p.drel != nullptr) {
+    drel_part.assign(static_cast<size_t>(sp.chunks * pb.B * pb.Hq * rel_width), 0.0);
+    sp.drel_part = drel_part.data();
+  }
   if (sp.chunks > 1) {
     dq_part.assign(static_cast<size_t>(sp.chunks * rows * pb.D), A(0));
     sp.dq_part = dq_part.data();
@@ -364,6 +396,20 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
   }
   WorkQueue queue(bwd_costs(pb, sp));
   run_workers(queue, [&] { range(p, sp, queue); });
+  if (p.drel != nullptr) {
+    // drel[h, r] = sum over chunks, then batch rows, in that fixed order
+    at::parallel_for(0, pb.Hq, 1, [&](int64_t h0, int64_t h1) {
+      for (int64_t h = h0; h < h1; ++h) {
+        double* out = p.drel + h * rel_width;
+        std::fill(out, out + rel_width, 0.0);
+        for (int64_t c = 0; c < sp.chunks; ++c)
+          for (int64_t b = 0; b < pb.B; ++b) {
+            const double* part = sp.drel_part + ((c * pb.B + b) * pb.Hq + h) * rel_width;
+            for (int64_t r = 0; r < rel_width; ++r) out[r] += part[r];
+          }
+      }
+    });
+  }
   if (sp.chunks == 1) return;
 
   // dq = scale * (sum of the chunks' partials, in chunk order), per row;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 
+#include "cpu/attention_scores.h"
 #include "cpu/attention_tiles.h"
 
 namespace fastattn {
@@ -49,6 +50,7 @@ struct Problem {
   bool causal = false;              // bottom-right: j <= i + kv_len - q_len
   double scale = 1.0;               // multiplies q . k
   DropoutCfg drop;
+  ScoreMods mods;                   // windows, ALiBi, softcap, relative bias (attention_scores.h)
 };
 
 // Forward: T the input dtype, A = tiles::acc_t<T>.
@@ -82,6 +84,9 @@ struct BwdParams {
   tiles::acc_t<T>* dbias = nullptr;  // (B, Hq, Lq, Lk) contiguous, or null
   // dq from each row's own sum of p dp instead of delta (attention_bwd.cpp)
   bool own_delta_dq = false;
+  // (Hq, 2 R + 1) score gradient summed per relative position r (index
+  // r + R) over the batch, for the relative bias table's gradient; or null
+  double* drel = nullptr;
   Strides qs, ks, vs, dos, os, dqs, dks, dvs;
 };
 

@@ -14,9 +14,11 @@
 // Dropout (fastattn._rng, row = (b Hq + h) Lq + i, col = j) multiplies the
 // probabilities entering acc, not l: lse is taken before dropout.
 //
-// Key tiles are skipped by the loop bound: keys at or beyond kv_len and,
-// with causal, beyond the diagonal of the block's last valid row are never
-// loaded. Only tiles that cross the diagonal get the per-element causal mask.
+// Scores pass through the score path (attention_scores.h: softcap, masks,
+// ALiBi, relative bias, causal, window). Key tiles are skipped by the loop
+// bounds: keys at or beyond kv_len, beyond the causal diagonal of the
+// block's last valid row, or outside every row's window are never loaded;
+// only tiles that cross such a bound get the per-element restrictions.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -50,16 +52,14 @@ FASTATTN_INLINE FwdItem fwd_item(const Problem& pb, int64_t item) {
   return {item / (n_mblocks * pb.Hq), (item / n_mblocks) % pb.Hq, item % n_mblocks};
 }
 
-// Keys [0, hi) that some valid row of query block mb of batch row b may
-// attend; `rows`: its valid rows.
-FASTATTN_INLINE void fwd_extent(const Problem& pb, int64_t b, int64_t mb, int64_t& rows,
-                                int64_t& hi) {
+// The valid rows of query block mb of batch row b, and the keys they may
+// attend (lengths, causal, window: attention_scores.h).
+FASTATTN_INLINE KeyRange fwd_extent(const Problem& pb, int64_t b, int64_t mb, int64_t& rows) {
   const int64_t m0 = mb * kBlockM;
   const int64_t rows_all = std::min(kBlockM, pb.Lq - m0);
   const int64_t q_len = pb.q_len[b], kv_len = pb.kv_len[b];
   rows = std::clamp<int64_t>(q_len - m0, 0, rows_all);
-  hi = rows > 0 ? kv_len : 0;
-  if (pb.causal && rows > 0) hi = std::max<int64_t>(0, std::min(hi, m0 + rows + kv_len - q_len));
+  return KeyRange(m0, rows, kv_len, kv_len - q_len, pb.causal, pb.mods);
 }
 
 // Forward of the items the queue hands this thread, for a target of VB-byte vectors.
@@ -78,7 +78,8 @@ FASTATTN_INLINE void fwd_items(const FwdParams<T>& p, WorkQueue& queue) {
   // each), the output accumulator (BM x D), per-query running max, shift
   // and rescale factor, the running sum and tile sums in double (see below),
   // and dropout keys.
-  std::vector<A> buf(static_cast<size_t>(D * BM + BN * BM + 2 * BN * D + BM * D + 3 * BM));
+  std::vector<A> buf(static_cast<size_t>(D * BM + BN * BM + 2 * BN * D + BM * D + 3 * BM +
+                                         BN + BM));
   // The softmax sums l in double: lse = m + ln l is what the backward
   // normalizes every p by, so the rounding of a float sum over the row's
   // keys (about sqrt(Lk) float ulps) would scale the row's gradients by as
@@ -94,6 +95,7 @@ FASTATTN_INLINE void fwd_items(const FwdParams<T>& p, WorkQueue& queue) {
   A* m = acc + BM * D;
   A* shift = m + BM;
   A* alpha = shift + BM;
+  A* diag_bias = alpha + BM;  // the relative bias along a tile's diagonals
   std::vector<uint32_t> keys(static_cast<size_t>(2 * BM));
   uint32_t* ka = keys.data();
   uint32_t* kb = ka + BM;
@@ -104,8 +106,8 @@ FASTATTN_INLINE void fwd_items(const FwdParams<T>& p, WorkQueue& queue) {
     const int64_t m0 = mb * BM;
     const int64_t rows_all = std::min(BM, pb.Lq - m0);
     const int64_t diag = pb.kv_len[b] - pb.q_len[b];
-    int64_t rows, hi;
-    fwd_extent(pb, b, mb, rows, hi);
+    int64_t rows;
+    const KeyRange keys = fwd_extent(pb, b, mb, rows);
     // Query columns computed: the valid rows rounded up to a vector, or, for
     // a few rows (decoding), just those, as dot products.
     const bool dots = rows <= kDotRows;
@@ -128,8 +130,8 @@ FASTATTN_INLINE void fwd_items(const FwdParams<T>& p, WorkQueue& queue) {
     std::fill(l, l + cols, 0.0);
     if (pb.drop.on) tiles::dropout_keys(pb.drop.seed, (b * pb.Hq + h) * pb.Lq + m0, rows, ka, kb);
 
-    for (int64_t n0 = 0; n0 < hi; n0 += BN) {
-      const int64_t nb = std::min(BN, hi - n0);
+    for (int64_t n0 = keys.lo; n0 < keys.hi; n0 += BN) {
+      const int64_t nb = std::min(BN, keys.hi - n0);
       int64_t kld, vld;
       const A* kr = tiles::rows_operand(kbase + n0 * p.ks.l, p.ks.l, nb, D, kw, kld);
       const A* vr = tiles::rows_operand(vbase + n0 * p.vs.l, p.vs.l, nb, D, vw, vld);
@@ -139,9 +141,9 @@ FASTATTN_INLINE void fwd_items(const FwdParams<T>& p, WorkQueue& queue) {
       } else {
         tiles::gemm_acc<VB>(nb, cols, D, kr, kld, 1, qt, BM, st, ld, /*overwrite=*/true);
       }
-      tiles::apply_mask(st, ld, nb, rows, pb.mask, b, h, m0, n0);
-      if (pb.causal && tiles::crosses_diagonal(m0, n0, nb, diag))
-        tiles::apply_causal(st, ld, nb, rows, m0, n0, diag);
+      score_path(st, static_cast<A*>(nullptr), diag_bias, ld, nb, cols, rows, pb.mask,
+                 pb.causal, pb.mods, pb.Hq, pb.Lq, pb.Lk, b, h, m0, n0, diag,
+                 keys.partial(n0, nb));
 
       // Online softmax, one query per column. A column that has seen only
       // -inf keeps m = -inf and exponentiates with shift 0, so its p are 0
@@ -224,9 +226,9 @@ void attention_fwd_kernel(const FwdParams<T>& p) {
   std::vector<int64_t> cost(static_cast<size_t>(items));
   for (int64_t item = 0; item < items; ++item) {
     const FwdItem it = fwd_item(pb, item);
-    int64_t rows, hi;
-    fwd_extent(pb, it.b, it.mb, rows, hi);
-    cost[item] = rows * hi + kBlockM;
+    int64_t rows;
+    const KeyRange keys = fwd_extent(pb, it.b, it.mb, rows);
+    cost[item] = rows * (keys.hi - keys.lo) + kBlockM;
   }
   WorkQueue queue(cost);
   const auto run = FASTATTN_PICK_VARIANT(fwd_items, T);

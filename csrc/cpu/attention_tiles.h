@@ -417,6 +417,18 @@ FASTATTN_INLINE void col_scores_grad(const A* p, A* dp, int64_t ld, int64_t nkey
   }
 }
 
+// dst[j, c] = a[j, c] * b[j, c] (dst may be a).
+template <typename A>
+FASTATTN_INLINE void col_product(const A* a, const A* b, A* dst, int64_t ld, int64_t nkeys,
+                                 int64_t ncols) {
+  for (int64_t j = 0; j < nkeys; ++j) {
+    const A* ar = a + j * ld;
+    const A* __restrict br = b + j * ld;
+    A* dr = dst + j * ld;
+    for (int64_t c = 0; c < ncols; ++c) dr[c] = ar[c] * br[c];
+  }
+}
+
 // csum[c] += sum_j a[j, c] * b[j, c] for c < ncols, summed down the keys in
 // double (a sum over all of a row's keys, whose float rounding would show).
 template <typename A>
