@@ -33,22 +33,26 @@ SCRIPT = textwrap.dedent('''
     common = dict(BLOCK_D=max(16, triton.next_power_of_2(D)), CAUSAL=True, MASK_KIND=mask_kind,
                   HAS_QLENS=True, HAS_KVLENS=True, ACC_DTYPE=tl.float32,
                   DOT_PRECISION="ieee" if dt == "fp32" else "tf32",
-                  DROPOUT=dropout, VARLEN=not dropout)
+                  DROPOUT=dropout, VARLEN=not dropout, SOFTCAP=False, ALIBI=False,
+                  REL_BIAS=False, WINDOW_LEFT=False, WINDOW_RIGHT=False)
     base = dict(Q=P, K=P, V=P, Lse="*fp32", Mask=mask_ptr, QLens="*i32", KVLens="*i32",
-                Seed="*i64")
+                Seed="*i64", Slopes="*fp32", RelBias="*fp32")
     kernels = [
         (F.attention_fwd_kernel, dict(base, Out=P), dict(common, BLOCK_M=64, BLOCK_N=32), 4, 2),
         (Bw.attention_bwd_dkdv_kernel, dict(base, DOut=P, Delta="*fp32", DK=P, DV=P),
          dict(common, BLOCK_M=16, BLOCK_N=32), 4, 2),
-        (Bw.attention_bwd_dq_kernel, dict(base, DOut=P, Delta="*fp32", DQ=P, DBias="*fp32"),
-         dict(common, STORE_DBIAS=mask_kind == 2, BLOCK_M=32, BLOCK_N=16), 4, 2),
+        (Bw.attention_bwd_dq_kernel,
+         dict(base, DOut=P, Delta="*fp32", DQ=P, DBias="*fp32", DRel="*fp32"),
+         dict(common, STORE_DBIAS=mask_kind == 2, STORE_DREL=False, BLOCK_M=32, BLOCK_N=16),
+         4, 2),
         (Bw.attention_bwd_preprocess_kernel,
          dict(Out=P, DOut=P, DLse="*fp32", Delta="*fp32"),
          dict(BLOCK_D=common["BLOCK_D"], HAS_DLSE=True, ACC_DTYPE=tl.float32, BLOCK_M=32), 4, 1),
     ]
     for fn, ptrs, consts, warps, stages in kernels:
         sig = {n: "constexpr" if n in consts else
-               ptrs.get(n, "fp32" if n in ("qk_scale", "scale", "drop_scale") else "i32")
+               ptrs.get(n, "fp32" if n in ("qk_scale", "scale", "drop_scale", "softcap")
+                        else "i32")
                for n in fn.arg_names}
         k = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=consts),
                            target=GPUTarget("cuda", arch, 32),

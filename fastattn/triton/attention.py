@@ -3,16 +3,46 @@
 They implement the op contract of fastattn/ops/attention.py:
 
     attention_fwd(q, k, v, mask, q_lengths, kv_lengths, seed, causal, scale,
-                  dropout_p) -> (out, lse)
+                  dropout_p=0.0, deterministic=False, variants=None) -> (out, lse)
     attention_bwd(dout, dlse, q, k, v, out, lse, mask, q_lengths, kv_lengths, seed,
-                  causal, scale, dropout_p, mask_grad) -> (dq, dk, dv, dmask)
+                  causal, scale, dropout_p, mask_grad, deterministic=False,
+                  variants=None, rel_grad=False)
+        -> (dq, dk, dv, dmask)              when variants is None (as before)
+        -> (dq, dk, dv, dmask, drel)        when a KernelVariants is passed
+    attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, seed, causal, scale,
+                         dropout_p=0.0, deterministic=False, variants=None) -> (out, lse)
+    attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_q, cu_k, max_q, max_k, seed,
+                         causal, scale, dropout_p, deterministic=False, variants=None,
+                         rel_grad=False)
+        -> (dq, dk, dv)                     when variants is None
+        -> (dq, dk, dv, drel)               when a KernelVariants is passed
+
+variants: a fastattn.ops.variants.KernelVariants (window, ALiBi slopes,
+softcap, T5's relative bias as table + buckets over [-R, R]), or None for
+none; they reach every kernel through one score path
+(attention_scores.py). With a KernelVariants the backward launchers return
+one more tensor, drel: with rel_grad and variants.rel_table, the score
+gradient summed per relative position, (Hq, 2R + 1) float32 (float64 for
+float64 inputs), summed over the batch, from which the caller forms the
+table's gradient, variants.rel_bias_grad(drel, rel_buckets, num_buckets);
+else shape (0,). Without atomics: the dQ pass writes, per (batch, query
+head, query tile), a row of per-position sums into a zero-filled scratch
+of B * Hq * ceil(Lq / BLOCK_M_min) * (Lk + BLOCK_M_max + 2 BLOCK_N_max)
+elements in the accumulator dtype (over the dQ configs of the GPU
+generation: 32 / 128 / 64 on Hopper and 32 / 128 / 32 on Ampere for 16-bit
+inputs, 16 / 32 / 32 for float32; 32 / 32 / 16 under the interpreter),
+which a small kernel then sums per position in a fixed order (bitwise
+reproducible). That is about Lq * (Lk + 256) / 8 bytes per (batch, head)
+for 16-bit inputs: 1/32 of the (B, Hq, Lq, Lk) float32 gradient a
+materialized bias would need (1/16 for float32). It is allocated only when
+rel_grad asks for it.
 
 Tensors are passed with their strides (only the last dim must be
 contiguous): no copies. A mask arrives 4-D with every dim either 1 or full;
 it is expanded to (B, Hq, Lq, Lk), which only sets the broadcast strides to 0.
 
 Tile sizes: on a GPU, autotuned per head-dim bucket, mask kind, causal,
-sequence-length bucket and dtype over a small per-generation config set
+variant set, sequence-length bucket and dtype over a small per-generation config set
 (Ampere sm_8x, Hopper sm_9x); the choice is cached for the process. Under
 the Triton interpreter one small fixed configuration is used: autotuning
 there would only time the interpreter.
@@ -32,6 +62,7 @@ from . import on_device_of
 from . import attention_bwd as bwd
 from . import attention_decode as decode
 from . import attention_fwd as fwd
+from .attention_scores import VariantArgs
 from .rng import threshold_arg
 
 # ------------------------------------------------------------------ configs
@@ -48,6 +79,8 @@ _INTERPRET_TILES = {
 _DECODE_BLOCK_N = 64
 # Rows per program of the delta preprocess kernel.
 _PRE_BLOCK_M = 32
+# Relative positions per program of the relative-bias gradient's reduction.
+_DREL_BLOCK = 128
 
 
 def _cfg(bm, bn, warps, stages):
@@ -138,7 +171,8 @@ def _pruner(kernel_name: str):
     return prune
 
 
-_AUTOTUNE_KEY = ["BLOCK_D", "CAUSAL", "MASK_KIND", "LEN_BUCKET"]
+_AUTOTUNE_KEY = ["BLOCK_D", "CAUSAL", "MASK_KIND", "LEN_BUCKET", "SOFTCAP", "ALIBI",
+                 "REL_BIAS", "WINDOW_LEFT", "WINDOW_RIGHT", "STORE_DREL"]
 
 
 _KERNELS = {"fwd": fwd.attention_fwd_kernel, "bwd_kv": bwd.attention_bwd_dkdv_kernel,
@@ -154,9 +188,24 @@ def _tuned(kernel_name: str, config_set: str, device_index: int):
     keeps what fits the shared memory of the device it first runs on, so
     two different GPUs of one generation must not share a pick."""
     configs = _GPU_CONFIGS[config_set][_CONFIG_INDEX[kernel_name]]
-    return triton.autotune(configs=configs, key=_AUTOTUNE_KEY,
+    # DRel's rows are per query tile: what a benchmarked config leaves in
+    # rows the chosen one does not write must not be summed.
+    reset = ["DRel"] if kernel_name == "bwd_q" else None
+    return triton.autotune(configs=configs, key=_AUTOTUNE_KEY, reset_to_zero=reset,
                            prune_configs_by={"early_config_prune": _pruner(kernel_name)})(
                                _KERNELS[kernel_name])
+
+
+def _tile_bounds(kernel_name: str, q: torch.Tensor) -> tuple[int, int, int]:
+    """(smallest BLOCK_M, largest BLOCK_M, largest BLOCK_N) that a launch of
+    `kernel_name` on q may use."""
+    if triton_interpret() or q.device.type != "cuda":
+        t = _INTERPRET_TILES[kernel_name]
+        return t["BLOCK_M"], t["BLOCK_M"], t["BLOCK_N"]
+    config_set = "float32" if q.dtype == torch.float32 else _generation(q.device.index or 0)
+    configs = _GPU_CONFIGS[config_set][_CONFIG_INDEX[kernel_name]]
+    bms = [c.kwargs["BLOCK_M"] for c in configs]
+    return min(bms), max(bms), max(c.kwargs["BLOCK_N"] for c in configs)
 
 
 def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, device,
@@ -171,7 +220,7 @@ def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, device,
     if triton_interpret() or device.type != "cuda":
         tiles = _INTERPRET_TILES[kernel_name]
         _KERNELS[kernel_name][grid_of(tiles["BLOCK_M"], tiles["BLOCK_N"])](*args, **meta, **tiles)
-        return
+        return tiles["BLOCK_M"], tiles["BLOCK_N"]
     q = args[0]
     config_set = "float32" if q.dtype == torch.float32 else _generation(device.index or 0)
     if deterministic:
@@ -181,16 +230,18 @@ def _launch(kernel_name: str, grid_of, args: tuple, meta: dict, device,
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
         _KERNELS[kernel_name][grid_of(bm, bn)](*args, **meta, BLOCK_M=bm, BLOCK_N=bn,
                                                num_warps=c.num_warps, num_stages=c.num_stages)
-        return
+        return bm, bn
     tuned = _tuned(kernel_name, config_set, device.index)
     tuned[lambda m: grid_of(m["BLOCK_M"], m["BLOCK_N"])](*args, **meta)
+    return tuned.best_config.kwargs["BLOCK_M"], tuned.best_config.kwargs["BLOCK_N"]
 
 
 # ------------------------------------------------------------------ helpers
 
 
 def _kernel_meta(q: torch.Tensor, causal: bool, mask: Optional[torch.Tensor],
-                 q_lengths, kv_lengths, dropout_p: float, varlen: bool = False) -> dict:
+                 q_lengths, kv_lengths, dropout_p: float, varlen: bool = False,
+                 var: Optional[VariantArgs] = None) -> dict:
     """Compile-time parameters shared by the kernels."""
     D = q.shape[-1]
     if q.dtype in (torch.float32, torch.float64):
@@ -211,6 +262,8 @@ def _kernel_meta(q: torch.Tensor, causal: bool, mask: Optional[torch.Tensor],
         DROPOUT=dropout_p > 0, VARLEN=varlen,
         ACC_DTYPE=tl.float64 if q.dtype == torch.float64 else tl.float32,
         DOT_PRECISION=precision,
+        **(var.flags if var is not None else dict(SOFTCAP=False, ALIBI=False, REL_BIAS=False,
+                                                  WINDOW_LEFT=False, WINDOW_RIGHT=False)),
     )
 
 
@@ -271,10 +324,13 @@ class _Layout:
             return (0, self.lse_shape[1])
         return (self.Hq * self.Lq, self.Lq)
 
-    def meta(self, q, causal, mask, dropout_p) -> dict:
+    def variant_args(self, variants, q) -> VariantArgs:
+        return VariantArgs(variants, q, self.B, self.Hq, self.Lq, self.Lk, q)
+
+    def meta(self, q, causal, mask, dropout_p, var: VariantArgs) -> dict:
         if self.varlen:
-            return _kernel_meta(q, causal, None, None, None, dropout_p, varlen=True)
-        return _kernel_meta(q, causal, mask, *self.lens, dropout_p)
+            return _kernel_meta(q, causal, None, None, None, dropout_p, varlen=True, var=var)
+        return _kernel_meta(q, causal, mask, *self.lens, dropout_p, var=var)
 
 
 # ------------------------------------------------------------------ forward
@@ -285,9 +341,10 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                   mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
                   kv_lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor],
                   causal: bool, scale: float, dropout_p: float = 0.0,
-                  deterministic: bool = False):
+                  deterministic: bool = False, variants=None):
+    """(out, lse); variants: a KernelVariants or None (module docstring)."""
     return _forward(q, k, v, mask, seed, causal, scale, dropout_p,
-                    _Layout(q, k, q_lengths, kv_lengths), deterministic)
+                    _Layout(q, k, q_lengths, kv_lengths), deterministic, variants)
 
 
 @on_device_of("q")
@@ -295,14 +352,18 @@ def attention_varlen_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                          cu_seqlens_q: torch.Tensor, cu_seqlens_k: torch.Tensor,
                          max_seqlen_q: int, max_seqlen_k: int, seed: Optional[torch.Tensor],
                          causal: bool, scale: float, dropout_p: float = 0.0,
-                         deterministic: bool = False):
+                         deterministic: bool = False, variants=None):
     """Packed q (total_q, Hq, D), k/v (total_k, Hkv, D) -> out like q, lse
-    (Hq, total_q)."""
+    (Hq, total_q). Variants per sequence: off = kv_len_b - q_len_b for the
+    window, ALiBi and causal, and relative positions j - i - off too;
+    alibi_slopes (B or 1, Hq) with B the number of sequences."""
     layout = _Layout(q, k, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    return _forward(q, k, v, None, seed, causal, scale, dropout_p, layout, deterministic)
+    return _forward(q, k, v, None, seed, causal, scale, dropout_p, layout, deterministic,
+                    variants)
 
 
-def _forward(q, k, v, mask, seed, causal, scale, dropout_p, lay: _Layout, deterministic):
+def _forward(q, k, v, mask, seed, causal, scale, dropout_p, lay: _Layout, deterministic,
+             variants=None):
     out = torch.empty_like(q)  # keeps q's memory layout (e.g. B, L, H, D)
     lse_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
     lse = torch.empty(lay.lse_shape, dtype=lse_dtype, device=q.device)
@@ -313,19 +374,20 @@ def _forward(q, k, v, mask, seed, causal, scale, dropout_p, lay: _Layout, determ
     B, Hq, Hkv, Lq, Lk = lay.B, lay.Hq, lay.Hkv, lay.Lq, lay.Lk
     m, m_strides = _mask_arg(mask, (B, Hq, Lq, Lk), q)
     ql, kvl = (t if t is not None else q for t in lay.lens)
-    meta = lay.meta(q, causal, mask, dropout_p)
+    var = lay.variant_args(variants, q)
+    meta = lay.meta(q, causal, mask, dropout_p, var)
     if not lay.varlen:
         block_n = _DECODE_BLOCK_N if q.device.type == "cuda" and not triton_interpret() else 16
         n_splits = decode.split_kv_plan(q, k, dropout_p, block_n)
         if n_splits:
             return decode.decode_fwd(q, k, v, m, m_strides, *lay.lens, scale, meta, n_splits,
-                                     block_n)
+                                     block_n, var)
     seed_t, threshold, drop_scale = _dropout_args(seed, dropout_p, q)
-    args = (q, k, v, out, lse, m, ql, kvl, seed_t,
+    args = (q, k, v, out, lse, m, ql, kvl, seed_t, *var.pointers,
             *lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(out),
-            *m_strides, *lay.lse_strides(),
+            *m_strides, *lay.lse_strides(), var.stride_ab,
             Hq, Hq // Hkv, Lq, Lk, lay.D, scale * fwd.LOG2E.value, threshold, drop_scale,
-            _len_bucket(Lq, Lk))
+            _len_bucket(Lq, Lk), *var.scalars)
     _launch("fwd", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args, meta, q.device,
             deterministic)
     return out, lse
@@ -340,9 +402,10 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
                   mask: Optional[torch.Tensor], q_lengths: Optional[torch.Tensor],
                   kv_lengths: Optional[torch.Tensor], seed: Optional[torch.Tensor],
                   causal: bool, scale: float, dropout_p: float, mask_grad: bool,
-                  deterministic: bool = False):
-    """(dq, dk, dv, dmask); dmask has the mask's shape and dtype when
-    mask_grad, else shape (0,).
+                  deterministic: bool = False, variants=None, rel_grad: bool = False):
+    """(dq, dk, dv, dmask), and drel after them when `variants` (a
+    KernelVariants) is passed; dmask has the mask's shape and dtype when
+    mask_grad, else shape (0,); drel: see the module docstring.
 
     The bias gradient is written in full, (B, Hq, Lq, Lk) in float32
     (float64 for float64 inputs), then summed over the mask's broadcast
@@ -354,9 +417,10 @@ def attention_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: torch.Ten
     want_dbias = mask_grad and mask is not None and mask.dtype != torch.bool
     dbias = (torch.zeros((lay.B, lay.Hq, lay.Lq, lay.Lk), dtype=acc_dtype, device=q.device)
              if want_dbias else None)
-    dq, dk, dv = _backward(dout, dlse, q, k, v, out, lse, mask, seed, causal, scale, dropout_p,
-                           dbias, lay, deterministic)
-    return dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q)
+    dq, dk, dv, drel = _backward(dout, dlse, q, k, v, out, lse, mask, seed, causal, scale,
+                                 dropout_p, dbias, lay, deterministic, variants, rel_grad)
+    grads = (dq, dk, dv, _reduce_dbias(dbias, mask, want_dbias, q))
+    return grads if variants is None else (*grads, drel)
 
 
 @on_device_of("q")
@@ -365,23 +429,31 @@ def attention_varlen_bwd(dout: torch.Tensor, dlse: Optional[torch.Tensor], q: to
                          lse: torch.Tensor, cu_seqlens_q: torch.Tensor,
                          cu_seqlens_k: torch.Tensor, max_seqlen_q: int, max_seqlen_k: int,
                          seed: Optional[torch.Tensor], causal: bool, scale: float,
-                         dropout_p: float, deterministic: bool = False):
-    """(dq, dk, dv) of attention_varlen_fwd."""
+                         dropout_p: float, deterministic: bool = False, variants=None,
+                         rel_grad: bool = False):
+    """(dq, dk, dv) of attention_varlen_fwd, and drel after them when
+    `variants` is passed (module docstring)."""
     layout = _Layout(q, k, None, None, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k)
-    return _backward(dout, dlse, q, k, v, out, lse, None, seed, causal, scale, dropout_p, None,
-                     layout, deterministic)
+    dq, dk, dv, drel = _backward(dout, dlse, q, k, v, out, lse, None, seed, causal, scale,
+                                 dropout_p, None, layout, deterministic, variants, rel_grad)
+    return (dq, dk, dv) if variants is None else (dq, dk, dv, drel)
 
 
 def _backward(dout, dlse, q, k, v, out, lse, mask, seed, causal, scale, dropout_p, dbias,
-              lay: _Layout, deterministic: bool):
+              lay: _Layout, deterministic: bool, variants=None, rel_grad: bool = False):
+    """(dq, dk, dv, drel); drel is (0,) unless rel_grad and a relative bias."""
+    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    var = lay.variant_args(variants, q)
+    want_drel = rel_grad and var.flags["REL_BIAS"]
+    B, Hq, Hkv, Lq, Lk, D = lay.B, lay.Hq, lay.Hkv, lay.Lq, lay.Lk, lay.D
+    drel = (torch.zeros((Hq, 2 * var.rel_radius + 1), dtype=acc_dtype, device=q.device)
+            if want_drel else q.new_empty((0,), dtype=acc_dtype))
     dq = torch.empty_like(q)
     dk = torch.empty_like(k)
     dv = torch.empty_like(v)
     if q.numel() == 0 or k.numel() == 0 or lay.B == 0 or lay.Lq == 0 or lay.Lk == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
-    B, Hq, Hkv, Lq, Lk, D = lay.B, lay.Hq, lay.Hkv, lay.Lq, lay.Lk, lay.D
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
-    meta = lay.meta(q, causal, mask, dropout_p)
+        return dq.zero_(), dk.zero_(), dv.zero_(), drel
+    meta = lay.meta(q, causal, mask, dropout_p, var)
     seed_t, threshold, drop_scale = _dropout_args(seed, dropout_p, q)
     m, m_strides = _mask_arg(mask, (B, Hq, Lq, Lk), q)
     ql, kvl = (t if t is not None else q for t in lay.lens)
@@ -400,22 +472,38 @@ def _backward(dout, dlse, q, k, v, out, lse, mask, seed, causal, scale, dropout_
     common_strides = (*lay.strides(q), *lay.strides(k), *lay.strides(v), *lay.strides(dout))
     qk_scale = scale * fwd.LOG2E.value
     bucket = _len_bucket(Lq, Lk)
-    ql_kvl_seed = (ql, kvl, seed_t)
-    tail = (Lq, Lk, D, qk_scale, scale, threshold, drop_scale, bucket)
+    ql_kvl_seed = (ql, kvl, seed_t, *var.pointers)
+    tail = (Lq, Lk, D, qk_scale, scale, threshold, drop_scale, bucket, *var.scalars)
 
     args = (q, k, v, dout, lse, delta, dk, dv, m, *ql_kvl_seed, *common_strides,
-            *lay.strides(dk), *lay.strides(dv), *m_strides, *lay.lse_strides(),
+            *lay.strides(dk), *lay.strides(dv), *m_strides, *lay.lse_strides(), var.stride_ab,
             Hkv, Hq // Hkv, *tail)
     _launch("bwd_kv", lambda bm, bn: (triton.cdiv(Lk, bn), Hkv, B), args, meta, q.device,
             deterministic)
 
+    # Per-position sums of the score gradient: one zero-filled row per
+    # (b, h, query tile) for the smallest BLOCK_M any config may use, long
+    # enough for the positions of any query tile (see rel_carry_step).
+    drel_tiles = drel_width = 0
+    if want_drel:
+        bm_min, bm_max, bn_max = _tile_bounds("bwd_q", q)
+        drel_tiles = triton.cdiv(Lq, bm_min)
+        drel_width = Lk + bm_max + 2 * bn_max
+    drel_rows = torch.zeros((B, Hq, drel_tiles, drel_width) if want_drel else (1,),
+                            dtype=acc_dtype, device=q.device)
     want_dbias = dbias is not None
     args = (q, k, v, dout, lse, delta, dq, dbias if want_dbias else q, m, *ql_kvl_seed,
-            *common_strides, *lay.strides(dq), *m_strides, *lay.lse_strides(),
-            Hq, Hq // Hkv, *tail)
-    _launch("bwd_q", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args,
-            dict(meta, STORE_DBIAS=want_dbias), q.device, deterministic)
-    return dq, dk, dv
+            drel_rows, *common_strides, *lay.strides(dq), *m_strides, *lay.lse_strides(),
+            var.stride_ab, drel_tiles, drel_width, Hq, Hq // Hkv, *tail)
+    bm, _ = _launch("bwd_q", lambda bm, bn: (triton.cdiv(Lq, bm), Hq, B), args,
+                    dict(meta, STORE_DBIAS=want_dbias, STORE_DREL=want_drel), q.device,
+                    deterministic)
+    if want_drel:  # sum the rows per relative position, in a fixed order
+        R = var.rel_radius
+        bwd.attention_bwd_drel_reduce_kernel[(triton.cdiv(2 * R + 1, _DREL_BLOCK), Hq)](
+            drel_rows, drel, ql, kvl, B, Hq, triton.cdiv(Lq, bm), drel_tiles, drel_width,
+            Lq, Lk, R, bm, VARLEN=lay.varlen, ACC_DTYPE=meta["ACC_DTYPE"], BLOCK=_DREL_BLOCK)
+    return dq, dk, dv, drel
 
 
 def _reduce_dbias(dbias, mask, want_dbias, q):

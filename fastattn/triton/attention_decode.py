@@ -18,8 +18,10 @@ the whole KV cache alone. Here the keys are split into chunks instead:
    result is deterministic.
 
 Same semantics as the normal forward (fastattn/ops/attention.py): lengths,
-bottom-right causal, bool and float masks, rows with nothing to attend give
-0 and lse -inf, padded query rows 0. No dropout (decoding is inference; the
+bottom-right causal, bool and float masks, every variant (window, ALiBi,
+softcap, relative bias: the one score path of attention_scores.py, with
+the window's tiles skipped within each chunk), rows with nothing to attend
+give 0 and lse -inf, padded query rows 0. No dropout (decoding is inference; the
 caller keeps the normal path for dropout_p > 0). The backward of a call
 served here is the normal backward: it needs only out and lse.
 
@@ -37,7 +39,7 @@ import triton
 import triton.language as tl
 
 from .._backends import triton_interpret
-from .attention_fwd import LN2, LOG2E
+from .attention_scores import LN2, LOG2E, VariantArgs, key_tiles, score_mod, seq_bounds
 
 # Largest Lq served, and largest query block (GROUP * Lq rows) per program.
 MAX_DECODE_LQ = 16
@@ -51,72 +53,30 @@ _INTERPRET_SPLITS = 5
 
 
 @triton.jit
-def attention_decode_split_kernel(
-    Q, K, V,            # q (B, Hq, Lq, D); k, v (B, Hkv, Lk, D); last dim contiguous
-    OPart,              # out: (B, Hkv, S, ROWS, D) partial outputs, ACC dtype, contiguous
-    TPart,              # out: (B, Hkv, S, ROWS) partial log2-sum-exp, contiguous
-    Mask,               # bool mask as uint8 or float bias, expanded; dummy if MASK_KIND == 0
-    QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
-    stride_qb, stride_qh, stride_qm,          # q strides (elements)
-    stride_kb, stride_kh, stride_kn,          # k strides
-    stride_vb, stride_vh, stride_vn,          # v strides
-    stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides, 0 on broadcast dims
-    H_KV, GROUP,        # kv heads, query heads per kv head
-    LQ, LK, HEAD_DIM,   # padded lengths, head dim
-    ROWS,               # GROUP * LQ: query rows per program
-    CHUNK,              # keys per split (a multiple of BLOCK_N)
-    qk_scale,           # softmax scale * log2(e)
-    BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
-    MASK_KIND: tl.constexpr,  # 0 none, 1 bool, 2 float bias (attention_fwd.MASK_*)
-    HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
-    ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_M: tl.constexpr,  # query rows, >= ROWS (power of two, >= 16)
-    BLOCK_N: tl.constexpr,  # key tile
-):
-    split = tl.program_id(0)
-    hk = tl.program_id(1).to(tl.int64)
-    b = tl.program_id(2).to(tl.int64)
-    n_splits = tl.num_programs(0)
-    q_len = LQ
-    kv_len = LK
-    if HAS_QLENS:
-        q_len = tl.minimum(tl.maximum(tl.load(QLens + b).to(tl.int32), 0), LQ)
-    if HAS_KVLENS:
-        kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b).to(tl.int32), 0), LK)
-    diag = kv_len - q_len
-
-    r = tl.arange(0, BLOCK_M)
-    h = hk * GROUP + r // LQ    # query head of each row
-    i = r % LQ                  # query index of each row
-    r_ok = (r < ROWS) & (i < q_len)
-    offs_d = tl.arange(0, BLOCK_D)
+def _decode_tiles(acc, l_i, m_i, q, k_base, v_base, m_rows, slope, rel_ptr, stride_kn,
+                  stride_vn, stride_mn, i, r_ok, offs_d, lo, hi, q_len, kv_len, diag, rel_off,
+                  LK, HEAD_DIM, qk_scale, window_left, window_right, softcap, rel_radius,
+                  BLOCK_N: tl.constexpr, BOUNDARY: tl.constexpr, CAUSAL: tl.constexpr,
+                  MASK_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr,
+                  ALIBI: tl.constexpr, REL_BIAS: tl.constexpr, WINDOW_LEFT: tl.constexpr,
+                  WINDOW_RIGHT: tl.constexpr):
+    """Online-softmax update over key tiles [lo, hi) (the forward's
+    _fwd_tiles for rows of several heads: query index i, row validity r_ok)."""
     d_ok = offs_d < HEAD_DIM
-    q = tl.load(Q + b * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qm
-                + offs_d[None, :], mask=r_ok[:, None] & d_ok[None, :], other=0.0)
-
-    lo = split * CHUNK
-    hi = tl.minimum(lo + CHUNK, kv_len)
-    k_base = K + b * stride_kb + hk * stride_kh
-    v_base = V + b * stride_vb + hk * stride_vh
-    m_rows = Mask + b * stride_mb + h[:, None] * stride_mh + i[:, None] * stride_mm
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
-    l_i = tl.zeros([BLOCK_M], dtype=ACC_DTYPE)
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC_DTYPE)
     for start_n in range(lo, hi, BLOCK_N):
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        n_ok = offs_n < hi
+        if BOUNDARY:
+            n_ok = offs_n < kv_len
+        else:
+            n_ok = offs_n < LK  # always true here; keeps the load in bounds
         kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
                      mask=d_ok[:, None] & n_ok[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-        ok = r_ok[:, None] & n_ok[None, :]
-        if MASK_KIND == 1:
-            ok = ok & (tl.load(m_rows + offs_n[None, :] * stride_mn, mask=ok, other=0) != 0)
-        if MASK_KIND == 2:
-            s += tl.load(m_rows + offs_n[None, :] * stride_mn, mask=ok, other=0.0).to(s.dtype) \
-                * LOG2E
-        if CAUSAL:
-            ok = ok & (offs_n[None, :] <= i[:, None] + diag)
-        s = tl.where(ok, s, float("-inf"))
+        s, _t = score_mod(s, i[:, None], offs_n[None, :], q_len, kv_len, diag, rel_off,
+                          r_ok[:, None] & (offs_n[None, :] < LK),
+                          m_rows + offs_n[None, :] * stride_mn, slope, rel_ptr, rel_radius,
+                          window_left, window_right, softcap, BOUNDARY, CAUSAL, MASK_KIND,
+                          SOFTCAP, ALIBI, REL_BIAS, WINDOW_LEFT, WINDOW_RIGHT)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # all -inf so far: no NaN
         p = tl.math.exp2(s - m_safe[:, None])
@@ -126,16 +86,106 @@ def attention_decode_split_kernel(
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
+    return acc, l_i, m_i
 
-    seen = l_i != 0
+
+@triton.jit
+def attention_decode_split_kernel(
+    Q, K, V,            # q (B, Hq, Lq, D); k, v (B, Hkv, Lk, D); last dim contiguous
+    OPart,              # out: (B, Hkv, S, ROWS, D) partial outputs, ACC dtype, contiguous
+    TPart,              # out: (B, Hkv, S, ROWS) partial log2-sum-exp, contiguous
+    Mask,               # bool mask as uint8 or float bias, expanded; dummy if MASK_KIND == 0
+    QLens, KVLens,      # (B,) int lengths; dummies unless HAS_QLENS / HAS_KVLENS
+    Slopes,             # (B or 1, Hq) float32 ALiBi slopes; dummy unless ALIBI
+    RelBias,            # (Hq, 2R + 1) relative bias per head and position; dummy unless REL_BIAS
+    stride_qb, stride_qh, stride_qm,          # q strides (elements)
+    stride_kb, stride_kh, stride_kn,          # k strides
+    stride_vb, stride_vh, stride_vn,          # v strides
+    stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides, 0 on broadcast dims
+    stride_ab,          # batch stride of Slopes (0 when shared by the batch)
+    H_KV, GROUP,        # kv heads, query heads per kv head
+    LQ, LK, HEAD_DIM,   # padded lengths, head dim
+    ROWS,               # GROUP * LQ: query rows per program
+    CHUNK,              # keys per split (a multiple of BLOCK_N)
+    qk_scale,           # softmax scale * log2(e)
+    window_left, window_right, softcap, rel_radius,  # the variants' values (attention_fwd)
+    BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    MASK_KIND: tl.constexpr,  # 0 none, 1 bool, 2 float bias (attention_fwd.MASK_*)
+    HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,  # the variants
+    WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
+    BLOCK_M: tl.constexpr,  # query rows, >= ROWS (power of two, >= 16)
+    BLOCK_N: tl.constexpr,  # key tile
+):
+    split = tl.program_id(0)
+    hk = tl.program_id(1).to(tl.int64)
+    b = tl.program_id(2).to(tl.int64)
+    n_splits = tl.num_programs(0)
+    _qs, q_len, _ks, kv_len = seq_bounds(QLens, KVLens, b, LQ, LK, HAS_QLENS, HAS_KVLENS,
+                                         False)
+    diag = kv_len - q_len
+
+    r = tl.arange(0, BLOCK_M)
+    h = hk * GROUP + r // LQ    # query head of each row
+    i = r % LQ                  # query index of each row
+    r_ok = (r < ROWS) & (i < q_len)
+    in_rows = r < ROWS          # rows that exist (h < Hq)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_ok = offs_d < HEAD_DIM
+    q = tl.load(Q + b * stride_qb + h[:, None] * stride_qh + i[:, None] * stride_qm
+                + offs_d[None, :], mask=r_ok[:, None] & d_ok[None, :], other=0.0)
+
+    # This split's keys, narrowed to the tiles some row may attend (lengths,
+    # causal, window: every row of every head has i in [0, q_len)); rows
+    # past q_len are dropped by the combine, so they need no masking.
+    lo, mid_lo, mid_hi, hi = key_tiles(0, q_len, True, diag, kv_len, window_left, window_right,
+                                       BLOCK_N, CAUSAL, WINDOW_LEFT, WINDOW_RIGHT)
+    c_lo = split * CHUNK  # a multiple of BLOCK_N: the tiles stay aligned
+    c_hi = tl.minimum(c_lo + CHUNK, hi)
+    lo = tl.maximum(lo, c_lo)
+    hi = tl.maximum(c_hi, lo)
+    mid_lo = tl.minimum(tl.maximum(mid_lo, lo), hi)
+    mid_hi = tl.minimum(tl.maximum(mid_hi, mid_lo), hi)
+
+    k_base = K + b * stride_kb + hk * stride_kh
+    v_base = V + b * stride_vb + hk * stride_vh
+    m_rows = Mask + b * stride_mb + h[:, None] * stride_mh + i[:, None] * stride_mm
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(Slopes + b * stride_ab + h, mask=in_rows, other=0.0)[:, None]
+    rel_ptr = RelBias + h[:, None] * (2 * rel_radius + 1)
+    rel_off = LK - LQ
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
+    l_i = tl.zeros([BLOCK_M], dtype=ACC_DTYPE)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC_DTYPE)
+    acc, l_i, m_i = _decode_tiles(acc, l_i, m_i, q, k_base, v_base, m_rows, slope, rel_ptr,
+                                  stride_kn, stride_vn, stride_mn, i, r_ok, offs_d, lo, mid_lo,
+                                  q_len, kv_len, diag, rel_off, LK, HEAD_DIM, qk_scale,
+                                  window_left, window_right, softcap, rel_radius, BLOCK_N, True,
+                                  CAUSAL, MASK_KIND, DOT_PRECISION, SOFTCAP, ALIBI, REL_BIAS,
+                                  WINDOW_LEFT, WINDOW_RIGHT)
+    acc, l_i, m_i = _decode_tiles(acc, l_i, m_i, q, k_base, v_base, m_rows, slope, rel_ptr,
+                                  stride_kn, stride_vn, stride_mn, i, r_ok, offs_d, mid_lo,
+                                  mid_hi, q_len, kv_len, diag, rel_off, LK, HEAD_DIM, qk_scale,
+                                  window_left, window_right, softcap, rel_radius, BLOCK_N,
+                                  False, CAUSAL, MASK_KIND, DOT_PRECISION, SOFTCAP, ALIBI,
+                                  REL_BIAS, WINDOW_LEFT, WINDOW_RIGHT)
+    acc, l_i, m_i = _decode_tiles(acc, l_i, m_i, q, k_base, v_base, m_rows, slope, rel_ptr,
+                                  stride_kn, stride_vn, stride_mn, i, r_ok, offs_d, mid_hi, hi,
+                                  q_len, kv_len, diag, rel_off, LK, HEAD_DIM, qk_scale,
+                                  window_left, window_right, softcap, rel_radius, BLOCK_N, True,
+                                  CAUSAL, MASK_KIND, DOT_PRECISION, SOFTCAP, ALIBI, REL_BIAS,
+                                  WINDOW_LEFT, WINDOW_RIGHT)
+
+    seen = r_ok & (l_i != 0)
     l_safe = tl.where(seen, l_i, 1.0)
     o = tl.where(seen[:, None], acc / l_safe[:, None], 0.0)
     t = tl.where(seen, m_i + tl.math.log2(l_safe), float("-inf"))
     part = ((b * H_KV + hk) * n_splits + split) * ROWS + r
-    store = r < ROWS
     tl.store(OPart + part[:, None] * HEAD_DIM + offs_d[None, :], o,
-             mask=store[:, None] & d_ok[None, :])
-    tl.store(TPart + part, t, mask=store)
+             mask=in_rows[:, None] & d_ok[None, :])
+    tl.store(TPart + part, t, mask=in_rows)
 
 
 @triton.jit
@@ -156,9 +206,7 @@ def attention_decode_combine_kernel(
     h = hk * GROUP + r // LQ
     i = r % LQ
     in_rows = r < ROWS
-    q_len = LQ
-    if HAS_QLENS:
-        q_len = tl.minimum(tl.maximum(tl.load(QLens + b).to(tl.int32), 0), LQ)
+    _qs, q_len, _ks, _kl = seq_bounds(QLens, QLens, b, LQ, 1, HAS_QLENS, False, False)
     offs_d = tl.arange(0, BLOCK_D)
     d_ok = offs_d < HEAD_DIM
     base = (b * H_KV + hk) * N_SPLITS * ROWS + r
@@ -224,9 +272,14 @@ def split_kv_plan(q: torch.Tensor, k: torch.Tensor, dropout_p: float, block_n: i
 
 
 def decode_fwd(q, k, v, mask, m_strides, q_lengths, kv_lengths, scale, meta: dict,
-               n_splits: int, block_n: int):
+               n_splits: int, block_n: int, variants=None):
     """(out, lse) by the split-KV kernels; `mask`/`m_strides` expanded as
-    for the normal forward, `meta` its compile-time parameters."""
+    for the normal forward, `meta` its compile-time parameters (the variant
+    flags included), `variants` the call's VariantArgs (attention_scores)
+    or KernelVariants, or None for none."""
+    if not isinstance(variants, VariantArgs):
+        variants = VariantArgs(variants, q, q.shape[0], q.shape[1], q.shape[2], k.shape[2], q)
+    var = variants
     B, Hq, Lq, D = q.shape
     Hkv, Lk = k.shape[1], k.shape[2]
     group = Hq // Hkv
@@ -247,13 +300,13 @@ def decode_fwd(q, k, v, mask, m_strides, q_lengths, kv_lengths, scale, meta: dic
     warps = 8 if block_m * meta["BLOCK_D"] > 64 * 128 else 4
     launch = dict(num_warps=warps, num_stages=2) if gpu else {}
     attention_decode_split_kernel[(n_splits, Hkv, B)](
-        q, k, v, o_part, t_part, mask, ql, kvl,
+        q, k, v, o_part, t_part, mask, ql, kvl, *var.pointers,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), *m_strides,
-        Hkv, group, Lq, Lk, D, rows, chunk, scale * LOG2E.value,
+        v.stride(0), v.stride(1), v.stride(2), *m_strides, var.stride_ab,
+        Hkv, group, Lq, Lk, D, rows, chunk, scale * LOG2E.value, *var.scalars,
         CAUSAL=meta["CAUSAL"], MASK_KIND=meta["MASK_KIND"], HAS_KVLENS=meta["HAS_KVLENS"],
         DOT_PRECISION=meta["DOT_PRECISION"], BLOCK_M=block_m, BLOCK_N=block_n,
-        **common, **launch)
+        **var.flags, **common, **launch)
     comb_m = min(block_m, 32)
     attention_decode_combine_kernel[(triton.cdiv(rows, comb_m), Hkv, B)](
         o_part, t_part, out, lse, ql,

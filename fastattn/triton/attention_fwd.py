@@ -36,12 +36,17 @@ longest sequences, and the batch strides are 0 (the start token's offset
 takes their place). Rows and keys past the sequence end belong to the next
 sequence: nothing is stored there. The lse is laid out (H, total).
 
-Tiles are skipped by loop bounds, not masked: key tiles at or beyond kL and,
-with causal, tiles right of the diagonal of the block's last valid row are
-never visited. The visited range is split in two: "interior" tiles that
-every row of the block may fully attend (no per-element bound checks), and
-"boundary" tiles (the partial last key tile and tiles crossing the causal
-diagonal) with the checks.
+Variants (window_size, ALiBi, softcap, T5's relative bias) and every
+mask are applied by the one score path of attention_scores.py
+(`score_mod`), shared with the backward and decoding kernels.
+
+Tiles are skipped by loop bounds, not masked: key tiles at or beyond kL,
+with causal right of the diagonal of the block's last valid row, and with
+a window outside the band of the block's rows are never visited
+(`key_tiles`), so the cost grows with the window, not with Lk. The visited
+range is split in three: "interior" tiles that every row of the block may
+fully attend (no per-element bound checks), and "boundary" tiles before
+and after them (the band's edges, the partial last key tile) with the checks.
 """
 
 from __future__ import annotations
@@ -49,58 +54,33 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .attention_scores import (LN2, LOG2E, MASK_BIAS, MASK_BOOL, MASK_NONE,  # noqa: F401
+                               key_tiles, score_mod, seq_bounds)
 from .rng import dropout_keep, load_seed, row_keys
 
-LOG2E = tl.constexpr(1.4426950408889634)
-LN2 = tl.constexpr(0.6931471805599453)
-
-# MASK_KIND values: no mask, bool mask (True = may attend), additive float bias.
-MASK_NONE = 0
-MASK_BOOL = 1
-MASK_BIAS = 2
-
 
 @triton.jit
-def seq_bounds(QLens, KVLens, b, LQ, LK, HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
-               VARLEN: tl.constexpr):
-    """(q_start, q_len, k_start, kv_len) of batch row / sequence b: the
-    first token and the count, clamped into [0, L] so that a bad value can
-    never reach memory beyond the row."""
-    q_start = 0
-    k_start = 0
-    q_len = LQ
-    kv_len = LK
-    if VARLEN:
-        q_start = tl.load(QLens + b).to(tl.int32)
-        k_start = tl.load(KVLens + b).to(tl.int32)
-        q_len = tl.minimum(tl.maximum(tl.load(QLens + b + 1).to(tl.int32) - q_start, 0), LQ)
-        kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b + 1).to(tl.int32) - k_start, 0), LK)
-    if HAS_QLENS:
-        q_len = tl.minimum(tl.maximum(tl.load(QLens + b).to(tl.int32), 0), LQ)
-    if HAS_KVLENS:
-        kv_len = tl.minimum(tl.maximum(tl.load(KVLens + b).to(tl.int32), 0), LK)
-    return q_start, q_len, k_start, kv_len
-
-
-@triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
+def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base, slope, rel_ptr,
                stride_kn, stride_vn, stride_mm, stride_mn,
-               offs_m, offs_d, lo, hi, kv_len, diag, LQ, LK, HEAD_DIM, qk_scale,
-               drop_a, drop_b, drop_threshold,
+               offs_m, offs_d, lo, hi, q_len, kv_len, diag, rel_off, LQ, LK, HEAD_DIM,
+               qk_scale, drop_a, drop_b, drop_threshold,
+               window_left, window_right, softcap, rel_radius,
                BLOCK_N: tl.constexpr, BOUNDARY: tl.constexpr, CAUSAL: tl.constexpr,
                MASK_KIND: tl.constexpr, DOT_PRECISION: tl.constexpr,
-               DROPOUT: tl.constexpr):
+               DROPOUT: tl.constexpr, SOFTCAP: tl.constexpr, ALIBI: tl.constexpr,
+               REL_BIAS: tl.constexpr, WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr):
     """Online-softmax update of (acc, l_i, m_i) over key tiles [lo, hi).
 
     acc: (BLOCK_M, BLOCK_D) unnormalized output; l_i, m_i: (BLOCK_M,) running
     sum and max (log2 domain); q: (BLOCK_M, BLOCK_D) query tile;
     k_base/v_base/mask_base: pointers at this (batch, head)'s key 0 / mask
-    row 0; offs_m/offs_d: row and head-dim indices of the tile; kv_len/diag:
-    this batch row's key count and causal offset kL - qL; BOUNDARY: apply
-    the key-count and causal checks element-wise (else the caller guarantees
-    every element of [lo, hi) is attendable); drop_a/drop_b: the rows'
-    dropout keys (BLOCK_M,), drop_threshold: rng.threshold_arg(p), used iff
-    DROPOUT.
+    row 0; slope / rel_ptr: the head's ALiBi slope and relative-bias vector;
+    offs_m/offs_d: row and head-dim indices of the tile; q_len/kv_len/diag/
+    rel_off: this batch row's lengths, alignment kL - qL and relative-bias
+    offset; BOUNDARY: apply the geometric checks element-wise (else the
+    caller guarantees every element of [lo, hi) is attendable);
+    drop_a/drop_b: the rows' dropout keys (BLOCK_M,), drop_threshold:
+    rng.threshold_arg(p), used iff DROPOUT.
     """
     d_ok = offs_d < HEAD_DIM
     for start_n in range(lo, hi, BLOCK_N):
@@ -113,20 +93,12 @@ def _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
         kt = tl.load(k_base + offs_n[None, :] * stride_kn + offs_d[:, None],
                      mask=d_ok[:, None] & n_ok[None, :], other=0.0)
         s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
-        if MASK_KIND != 0:
-            m_ptrs = mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn
-            in_bounds = (offs_m[:, None] < LQ) & (offs_n[None, :] < LK)
-            if MASK_KIND == 1:
-                allowed = tl.load(m_ptrs, mask=in_bounds, other=0) != 0
-                s = tl.where(allowed, s, float("-inf"))
-            else:
-                bias = tl.load(m_ptrs, mask=in_bounds, other=0.0).to(s.dtype)
-                s = s + bias * LOG2E
-        if BOUNDARY:
-            ok = n_ok[None, :]
-            if CAUSAL:
-                ok = ok & (offs_n[None, :] <= offs_m[:, None] + diag)
-            s = tl.where(ok, s, float("-inf"))
+        s, _t = score_mod(s, offs_m[:, None], offs_n[None, :], q_len, kv_len, diag, rel_off,
+                          (offs_m[:, None] < LQ) & (offs_n[None, :] < LK),
+                          mask_base + offs_m[:, None] * stride_mm + offs_n[None, :] * stride_mn,
+                          slope, rel_ptr, rel_radius, window_left, window_right, softcap,
+                          BOUNDARY, CAUSAL, MASK_KIND, SOFTCAP, ALIBI, REL_BIAS,
+                          WINDOW_LEFT, WINDOW_RIGHT)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         # Guard: a row that has seen only -inf keeps m = -inf; subtract 0
         # instead so that 2^(-inf - 0) = 0 rather than NaN.
@@ -154,12 +126,15 @@ def attention_fwd_kernel(
     QLens, KVLens,      # (B,) int lengths, dummies unless HAS_QLENS / HAS_KVLENS;
                         # (B + 1,) cu_seqlens of q / k when VARLEN
     Seed,               # (1,) int64 dropout seed; dummy unless DROPOUT
+    Slopes,             # (B or 1, Hq) float32 ALiBi slopes; dummy unless ALIBI
+    RelBias,            # (Hq, 2R + 1) relative bias per head and position; dummy unless REL_BIAS
     stride_qb, stride_qh, stride_qm,          # q strides (elements)
     stride_kb, stride_kh, stride_kn,          # k strides
     stride_vb, stride_vh, stride_vn,          # v strides
     stride_ob, stride_oh, stride_om,          # out strides
     stride_mb, stride_mh, stride_mm, stride_mn,  # mask strides, 0 on broadcast dims
     stride_lb, stride_lh,                     # lse strides of batch and head (token stride 1)
+    stride_ab,          # batch stride of Slopes (0 when shared by the batch)
     H_Q,                # number of query heads
     GROUP,              # query heads per kv head (Hq // Hkv)
     LQ, LK,             # padded sequence lengths of q and k (longest sequences when VARLEN)
@@ -168,12 +143,17 @@ def attention_fwd_kernel(
     drop_threshold,     # dropout threshold, int32 bits of a uint32 (rng.threshold_arg)
     drop_scale,         # 1 / (1 - dropout_p)
     LEN_BUCKET,         # autotuning key only: log2 bucket of max(Lq, Lk)
+    window_left, window_right,  # the window (used iff WINDOW_LEFT / WINDOW_RIGHT)
+    softcap,            # the cap (used iff SOFTCAP)
+    rel_radius,         # R of RelBias (used iff REL_BIAS)
     BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr, MASK_KIND: tl.constexpr,
     HAS_QLENS: tl.constexpr, HAS_KVLENS: tl.constexpr,
     DROPOUT: tl.constexpr,        # apply in-kernel dropout to the probabilities
     VARLEN: tl.constexpr,         # packed sequences delimited by cu_seqlens
     ACC_DTYPE: tl.constexpr,      # tl.float32 (tl.float64 for float64 inputs)
     DOT_PRECISION: tl.constexpr,  # "ieee" or "tf32" for float32 inputs
+    SOFTCAP: tl.constexpr, ALIBI: tl.constexpr, REL_BIAS: tl.constexpr,  # the variants
+    WINDOW_LEFT: tl.constexpr, WINDOW_RIGHT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -196,6 +176,9 @@ def attention_fwd_kernel(
     if VARLEN:
         q_rows = q_len
     diag = kv_len - q_len  # causal: row i may attend j <= i + diag
+    rel_off = LK - LQ      # relative positions: the padded shapes', per sequence when packed
+    if VARLEN:
+        rel_off = diag
 
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
@@ -205,20 +188,21 @@ def attention_fwd_kernel(
     q = tl.load(q_base + offs_m[:, None] * stride_qm + offs_d[None, :],
                 mask=(offs_m[:, None] < q_len) & d_ok[None, :], other=0.0)
 
-    # Key range [0, hi) that some valid row of this block may attend, and
-    # its interior prefix [0, interior) that every row may attend.
+    # Key tiles [lo, hi) that some valid row of this block may attend, the
+    # interior [mid_lo, mid_hi) that every row may attend. Rows past q_len
+    # are never stored, so they need not be masked: rows_full = True.
     rows_end = tl.minimum(start_m + BLOCK_M, q_len)  # <= start_m: no valid row
-    hi = kv_len
-    interior = kv_len
-    if CAUSAL:
-        hi = tl.minimum(hi, rows_end + diag)
-        interior = tl.minimum(interior, start_m + 1 + diag)
-    hi = tl.where(rows_end > start_m, tl.maximum(hi, 0), 0)
-    interior = tl.minimum(tl.maximum(interior, 0) // BLOCK_N * BLOCK_N, hi)
+    lo, mid_lo, mid_hi, hi = key_tiles(start_m, rows_end, True, diag, kv_len, window_left,
+                                       window_right, BLOCK_N, CAUSAL, WINDOW_LEFT,
+                                       WINDOW_RIGHT)
 
     k_base = K + b * stride_kb + hk * stride_kh + k_start.to(tl.int64) * stride_kn
     v_base = V + b * stride_vb + hk * stride_vh + k_start.to(tl.int64) * stride_vn
     mask_base = Mask + b * stride_mb + h * stride_mh
+    slope = 0.0
+    if ALIBI:
+        slope = tl.load(Slopes + b * stride_ab + h)
+    rel_ptr = RelBias + h * (2 * rel_radius + 1)
 
     if DROPOUT:
         seed_lo, seed_hi = load_seed(Seed)
@@ -230,16 +214,27 @@ def attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ACC_DTYPE)
     l_i = tl.zeros([BLOCK_M], dtype=ACC_DTYPE)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=ACC_DTYPE)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base, slope, rel_ptr,
                                stride_kn, stride_vn, stride_mm, stride_mn,
-                               offs_m, offs_d, 0, interior, kv_len, diag, LQ, LK, HEAD_DIM,
-                               qk_scale, drop_a, drop_b, drop_threshold,
-                               BLOCK_N, False, CAUSAL, MASK_KIND, DOT_PRECISION, DROPOUT)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base,
+                               offs_m, offs_d, lo, mid_lo, q_len, kv_len, diag, rel_off, LQ, LK,
+                               HEAD_DIM, qk_scale, drop_a, drop_b, drop_threshold,
+                               window_left, window_right, softcap, rel_radius,
+                               BLOCK_N, True, CAUSAL, MASK_KIND, DOT_PRECISION, DROPOUT,
+                               SOFTCAP, ALIBI, REL_BIAS, WINDOW_LEFT, WINDOW_RIGHT)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base, slope, rel_ptr,
                                stride_kn, stride_vn, stride_mm, stride_mn,
-                               offs_m, offs_d, interior, hi, kv_len, diag, LQ, LK, HEAD_DIM,
-                               qk_scale, drop_a, drop_b, drop_threshold,
-                               BLOCK_N, True, CAUSAL, MASK_KIND, DOT_PRECISION, DROPOUT)
+                               offs_m, offs_d, mid_lo, mid_hi, q_len, kv_len, diag, rel_off,
+                               LQ, LK, HEAD_DIM, qk_scale, drop_a, drop_b, drop_threshold,
+                               window_left, window_right, softcap, rel_radius,
+                               BLOCK_N, False, CAUSAL, MASK_KIND, DOT_PRECISION, DROPOUT,
+                               SOFTCAP, ALIBI, REL_BIAS, WINDOW_LEFT, WINDOW_RIGHT)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, k_base, v_base, mask_base, slope, rel_ptr,
+                               stride_kn, stride_vn, stride_mm, stride_mn,
+                               offs_m, offs_d, mid_hi, hi, q_len, kv_len, diag, rel_off, LQ, LK,
+                               HEAD_DIM, qk_scale, drop_a, drop_b, drop_threshold,
+                               window_left, window_right, softcap, rel_radius,
+                               BLOCK_N, True, CAUSAL, MASK_KIND, DOT_PRECISION, DROPOUT,
+                               SOFTCAP, ALIBI, REL_BIAS, WINDOW_LEFT, WINDOW_RIGHT)
 
     # Normalize; rows that attended nothing (l = 0) and padded rows give 0 / -inf.
     row_ok = (offs_m < q_len) & (l_i != 0)  # NaN rows stay NaN, as in torch
