@@ -25,7 +25,7 @@ ATTN = [pytest.param("reference", "cpu", id="reference-cpu")] + backend_params("
 # Every op this file checks; test_every_op_is_checked fails on a new one.
 CHECKED = {"norm_fwd", "norm_bwd", "attention_fwd", "attention_bwd", "attention_varlen_fwd",
            "attention_varlen_bwd", "norm_fwd_native", "norm_bwd_native", "attention_fwd_native",
-           "attention_bwd_native"}
+           "attention_bwd_native", "cpu_isa_native"}
 
 
 def _registered_ops() -> set[str]:
@@ -181,3 +181,11 @@ def test_native_attention_schema(device):
     torch.library.opcheck(bwd, (torch.randn_like(out), None, q, k, v, out, lse, None, None,
                                 kv_lengths, None, True, 0.2, 0.0, False),
                           test_utils="test_schema")
+
+
+def test_native_cpu_isa_schema():
+    # No tensor in or out, so nothing for opcheck to trace: the schema is
+    # checked as written, and the answer against the ISAs cpu_isa.h compiles.
+    op = _native("cpu_isa_native")
+    assert str(op._schema) == "fastattn::cpu_isa_native() -> str"
+    assert op() in ("avx512", "avx2", "default")
