@@ -6,8 +6,17 @@
 // them (TORCH_LIBRARY_IMPL), so one op serves both devices through torch's
 // dispatcher. The Python side (fastattn/ops/) wraps them in the public,
 // autograd-aware custom ops; the contracts are documented there.
+//
+// The module itself carries the compiled fast path of the public ops
+// (csrc/fast_path.cpp). It is named by TORCH_EXTENSION_NAME, which torch's
+// build helpers define: "_C" for fastattn._C built at install, the name
+// fastattn/_extension.py gives the same sources built on first use (that
+// build is imported as a Python module too: fastattn/_backends.py,
+// fast_module).
 #include <Python.h>
 #include <torch/library.h>
+
+#include "fast_path.h"
 
 TORCH_LIBRARY_FRAGMENT(fastattn, m) {
   // Contract: fastattn/ops/norm.py.
@@ -31,9 +40,22 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
       "-> (Tensor, Tensor, Tensor, Tensor)");
 }
 
+#ifndef TORCH_EXTENSION_NAME
+#define TORCH_EXTENSION_NAME _C
+#endif
+#define FASTATTN_STR2(x) #x
+#define FASTATTN_STR(x) FASTATTN_STR2(x)
+#define FASTATTN_CAT2(a, b) a##b
+#define FASTATTN_CAT(a, b) FASTATTN_CAT2(a, b)
+
 static struct PyModuleDef fastattn_c_module = {
-    PyModuleDef_HEAD_INIT, "_C",
-    "Compiled kernels of fastattn; importing registers them with torch.library.",
+    PyModuleDef_HEAD_INIT, FASTATTN_STR(TORCH_EXTENSION_NAME),
+    "Compiled kernels of fastattn; importing registers them with torch.library.\n"
+    "Its functions are the compiled fast path of the public ops "
+    "(fastattn/ops/_eager.py).",
     -1, nullptr};
 
-PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&fastattn_c_module); }
+PyMODINIT_FUNC FASTATTN_CAT(PyInit_, TORCH_EXTENSION_NAME)(void) {
+  fastattn_c_module.m_methods = fastattn::fast::methods();
+  return PyModule_Create(&fastattn_c_module);
+}

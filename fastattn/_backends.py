@@ -16,8 +16,10 @@ first available backend in the family's preference order for the device.
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
+import sys
 
 import torch
 
@@ -148,6 +150,25 @@ def env_backend() -> str:
     return value
 
 
+# Backend choices already made: (requested, FASTATTN_BACKEND, family,
+# device type, dtype, TRITON_INTERPRET on CPU) -> backend, for choices of a
+# kernel backend without call limits (the reference backend is never
+# cached: choosing it warns, once per cause, and tests reset that). Valid
+# while the objects the kernels' availability is computed from are the
+# same (_resolved_under); tests replace them.
+_resolved: dict = {}
+_resolved_under: list = [None, None]
+
+
+def _resolution_key(requested: str, family: str, device: torch.device, dtype):
+    if _resolved_under[0] is not _native_errors or _resolved_under[1] is not _extension._status:
+        _resolved.clear()
+        _resolved_under[:] = [_native_errors, _extension._status]
+    env = os.environ.get("FASTATTN_BACKEND")
+    interp = os.environ.get("TRITON_INTERPRET") if device.type == "cpu" else None
+    return (requested, env, family, device.type, dtype, interp)
+
+
 def resolve(requested: str, family: str, device: torch.device,
             dtype: torch.dtype | None = None, call_limits=None) -> str:
     """The backend that will run; raises ValueError if `requested` (the
@@ -156,9 +177,61 @@ def resolve(requested: str, family: str, device: torch.device,
     call_limits(backend) -> str: why an available backend cannot serve this
     particular call (features beyond device and dtype), "" if it can; `auto`
     skips such backends. When `auto` can only serve with the slow reference
-    backend, the fastattn logger warns once with why the others cannot."""
+    backend, the fastattn logger warns once with why the others cannot.
+
+    Without call_limits the answer is cached (a dict lookup on later
+    calls; FASTATTN_BACKEND is read on every call)."""
     if not isinstance(requested, str):
         raise TypeError(f"backend must be a str, got {type(requested).__name__}")
+    if call_limits is not None or torch.compiler.is_compiling():
+        return _resolve(requested, family, device, dtype, call_limits)
+    key = _resolution_key(requested, family, device, dtype)
+    chosen = _resolved.get(key)
+    if chosen is None:
+        chosen = _resolve(requested, family, device, dtype, None)
+        if chosen != "reference":
+            _resolved[key] = chosen
+    return chosen
+
+
+def fast_resolve(requested, family: str, device: torch.device, dtype: torch.dtype):
+    """resolve() for the compiled fast path (csrc/fast_path.cpp, which
+    caches the answer): the backend, or None where resolve raises (the
+    Python path then raises it)."""
+    try:
+        return resolve(requested, family, device, dtype)
+    except (TypeError, ValueError):
+        return None
+
+
+def fast_module():
+    """The compiled module of the fast path (fastattn._C, or the kernels
+    built on first use, imported as the Python module they also are), or
+    None while no compiled kernels are loaded. Never loads or builds them."""
+    status = _extension._status
+    if status is None or not status.loaded:
+        return None
+    module = sys.modules.get("fastattn._C")
+    if module is not None:
+        return module
+    module = sys.modules.get(_extension.JIT_MODULE)
+    if module is not None:
+        return module
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[-1]  # ".so": what cpp_extension builds
+    path = os.path.join(_extension.cache_dir(), _extension.JIT_MODULE + suffix)
+    if not os.path.isfile(path):
+        return None
+    try:  # already loaded as a library (torch.ops.load_library): this only runs its init
+        spec = importlib.util.spec_from_file_location(_extension.JIT_MODULE, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    except ImportError:
+        return None
+    sys.modules[_extension.JIT_MODULE] = module
+    return module
+
+
+def _resolve(requested: str, family: str, device: torch.device, dtype, call_limits) -> str:
     from_env = requested == "auto"
     if from_env:
         requested = env_backend()

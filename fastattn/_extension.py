@@ -35,6 +35,10 @@ import torch
 
 from . import _build, _log
 
+# The module name of the kernels built on first use (also a Python module:
+# fastattn/_backends.py, fast_module).
+JIT_MODULE = "fastattn_kernels"
+
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 FIX = ("pip install --no-build-isolation --force-reinstall fastattn (with torch installed "
        "first), or install a C++ compiler and ninja so fastattn can build its kernels itself")
@@ -123,7 +127,7 @@ def _compile() -> None:
     if with_cuda:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", _build.DEFAULT_CUDA_ARCHS)
     cflags = list(_build.CXX_FLAGS) + ([_build.CUDA_DEFINE] if with_cuda else [])
-    cpp_extension.load(name="fastattn_kernels", sources=_build.sources(csrc, with_cuda),
+    cpp_extension.load(name=JIT_MODULE, sources=_build.sources(csrc, with_cuda),
                        extra_cflags=cflags, extra_cuda_cflags=list(_build.NVCC_FLAGS),
                        extra_ldflags=list(_build.LINK_FLAGS), extra_include_paths=[csrc],
                        build_directory=build_dir, with_cuda=with_cuda, is_python_module=False,

@@ -67,7 +67,8 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _checks, _log
-from ._eager import eager_ok, needs_grad
+from . import _eager
+from ._eager import eager_ok, is_compiling, needs_grad
 
 MIN_HEAD_DIM = 1
 MAX_HEAD_DIM = 256
@@ -373,6 +374,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     reproducible across processes too (module docstring). See API.md for
     the full contract.
     """
+    if not is_compiling():  # the compiled fast path (_eager.py)
+        out = _eager.fast.attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths,
+                                    dropout_p, scale, return_lse, backend, deterministic, True)
+        if out is not NotImplemented:
+            return out
     return _frontend(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale,
                      return_lse, backend, deterministic, check_length_values=True)
 
@@ -386,6 +392,11 @@ def attention_with_own_lengths(q: Tensor, k: Tensor, v: Tensor, *, causal: bool 
     they derive from a padding mask themselves (always in range): every
     check but reading the lengths' values, which on a GPU is a device sync
     in every layer. (The kernels clamp lengths whatever they hold.)"""
+    if not is_compiling():  # the compiled fast path (_eager.py)
+        out = _eager.fast.attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths,
+                                    dropout_p, scale, False, backend, False, False)
+        if out is not NotImplemented:
+            return out
     return _frontend(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale,
                      False, backend, False, check_length_values=False)
 

@@ -37,6 +37,8 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _checks, _log
+from . import _eager
+from ._eager import is_compiling
 from .attention import _check_qkv, _values_checkable, deterministic_mode, public_lse_dtype
 
 VARLEN_BACKENDS = ("triton", "cpu", "reference")
@@ -194,6 +196,12 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
     k/v (total_k, Hkv, D), cu_seqlens_* int32 (batch + 1,) prefix sums.
     Returns out (total_q, Hq, D), and lse (Hq, total_q) when return_lse.
     deterministic as for attention()."""
+    if not is_compiling():  # the compiled fast path (_eager.py)
+        out = _eager.fast.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                           max_seqlen_k, causal, dropout_p, scale, return_lse,
+                                           backend, deterministic)
+        if out is not NotImplemented:
+            return out
     return _frontend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
                      dropout_p, scale, return_lse, backend, deterministic, check_values=True)
 
@@ -206,6 +214,12 @@ def attention_varlen_with_own_seqlens(q: Tensor, k: Tensor, v: Tensor, cu_seqlen
     """attention_varlen() for fastattn's own integrations, which pack the
     sequences themselves (swap_modules(unpad=True)): every check but reading
     cu_seqlens' values (a device sync in every layer on a GPU)."""
+    if not is_compiling():  # the compiled fast path (_eager.py; it reads them on CPU)
+        out = _eager.fast.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                           max_seqlen_k, causal, dropout_p, scale, False,
+                                           backend, False)
+        if out is not NotImplemented:
+            return out
     return _frontend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
                      dropout_p, scale, False, backend, False, check_values=False)
 

@@ -40,7 +40,8 @@ import torch
 from torch import Tensor
 
 from .. import _backends, _checks, _log, _rng
-from ._eager import eager_ok, needs_grad
+from . import _eager
+from ._eager import eager_ok, is_compiling, needs_grad
 
 # ---------------------------------------------------------------- dispatch
 
@@ -170,8 +171,10 @@ def _norm(x, residual, weight, bias, eps, dropout_p, is_rms, prenorm, normalized
     for d in normalized_shape:
         n *= d
     out_shape = x.shape
+    mixed = any(t is not None and t.dtype != x.dtype for t in (weight, bias))
+    # (without call limits the choice is cached: _call_limits says "" unless mixed)
     backend = _backends.resolve(backend, "norm", x.device, x.dtype,
-                                lambda b: _call_limits(b, x, weight, bias))
+                                (lambda b: _call_limits(b, x, weight, bias)) if mixed else None)
     _log.debug_backend("rms_norm" if is_rms else "layer_norm", backend)
 
     if backend == "reference" or x.numel() == 0:
@@ -307,6 +310,10 @@ def layer_norm(x: Tensor, normalized_shape, weight: Optional[Tensor] = None,
     """Same as ``torch.nn.functional.layer_norm`` (bf16/fp16 x may have
     float32 weight and bias: the result is in x's dtype); statistics in fp32
     (fp64 for fp64 x)."""
+    if not is_compiling():  # the compiled fast path (_eager.py)
+        out = _eager.fast.layer_norm(x, normalized_shape, weight, bias, eps, backend)
+        if out is not NotImplemented:
+            return out
     x, weight, bias = _autocast_fp32(x, weight, bias)
     shape, weight, bias, eps, _ = _check_norm_args(x, normalized_shape, weight, bias, eps)
     return _norm(x, None, weight, bias, eps, 0.0, False, False, shape, backend)
@@ -316,6 +323,10 @@ def rms_norm(x: Tensor, normalized_shape, weight: Optional[Tensor] = None,
              eps: Optional[float] = None, *, backend: str = "auto") -> Tensor:
     """Same as ``torch.nn.functional.rms_norm`` (eps=None: the machine epsilon
     of float32 for half inputs, of x's dtype otherwise, as torch computes it)."""
+    if not is_compiling():  # the compiled fast path (_eager.py)
+        out = _eager.fast.rms_norm(x, normalized_shape, weight, eps, backend)
+        if out is not NotImplemented:
+            return out
     x, weight = _autocast_fp32(x, weight)
     shape, weight, _, eps, _ = _check_norm_args(x, normalized_shape, weight, None, eps,
                                                 is_rms=True)
@@ -331,6 +342,11 @@ def add_layer_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tenso
     The norm is over the last dimension (the shape of ``weight``, or the
     last dim of ``x`` when weight is None).
     """
+    if not is_compiling():  # the compiled fast path (_eager.py)
+        out = _eager.fast.add_layer_norm(x, residual, weight, bias, eps, dropout_p, prenorm,
+                                         backend)
+        if out is not NotImplemented:
+            return out
     x, residual, weight, bias = _autocast_fp32(x, residual, weight, bias)
     shape, weight, bias, eps, dropout_p = _check_norm_args(
         x, _shape_from_weight(x, weight), weight, bias, eps, residual, dropout_p)
@@ -343,6 +359,10 @@ def add_rms_norm(x: Tensor, residual: Optional[Tensor], weight: Optional[Tensor]
                  prenorm: bool = False, backend: str = "auto"):
     """``h = dropout(x) + residual``; returns ``rms_norm(h)``, or
     ``(rms_norm(h), h)`` when ``prenorm=True``."""
+    if not is_compiling():  # the compiled fast path (_eager.py)
+        out = _eager.fast.add_rms_norm(x, residual, weight, eps, dropout_p, prenorm, backend)
+        if out is not NotImplemented:
+            return out
     x, residual, weight = _autocast_fp32(x, residual, weight)
     shape, weight, _, eps, dropout_p = _check_norm_args(
         x, _shape_from_weight(x, weight), weight, None, eps, residual, dropout_p, is_rms=True)
