@@ -25,7 +25,10 @@ namespace attn {
 enum class DType { kFloat16, kBFloat16, kFloat32 };
 
 // Element type of attn_mask: none, bool (one byte, nonzero = may attend) or
-// an additive bias in one of the float types (converted to float32 on load).
+// an additive bias (converted to float32 on load). A bias must be in the
+// data's dtype or in float32: the launchers return cudaErrorInvalidValue
+// for other pairings (a float16 bias of bfloat16 data, a 16-bit bias of
+// float32 data), which have no kernels (attention_variants.h).
 enum class MaskKind { kNone, kBool, kFloat16, kBFloat16, kFloat32 };
 
 // A (B, H, L, D) tensor with unit stride in D.
@@ -82,7 +85,11 @@ inline bool attention_strides_ok(const void* ptr, int64_t sb, int64_t sh, int64_
 
 // Enqueue the kernels on `stream`; return the first launch error (cudaSuccess
 // if none). D must be a multiple of 8 in [8, 256]; B, Lq or Lk may be 0
-// (Lk = 0 gives out = 0 and lse = -inf, Lq = 0 gives dk = dv = 0).
+// (Lk = 0 gives out = 0 and lse = -inf, Lq = 0 gives dk = dv = 0). Each
+// problem runs on one compiled variant of the kernels (head-dim bucket,
+// mask kind, causal, dropout, even tiles: attention_variants.h); the
+// backward's three kernels can also be launched one by one
+// (attention_kernels.h).
 cudaError_t attention_fwd(const FwdParams& p, cudaStream_t stream);
 cudaError_t attention_bwd(const BwdParams& p, cudaStream_t stream);
 

@@ -83,8 +83,10 @@ struct Holders {
 };
 
 // The Problem of checked inputs. Lengths become int32 (values are clamped
-// in the kernels); a float64 bias becomes float32 (kernels read fp16, bf16,
-// fp32 and bool masks), converted before broadcasting so no full-size copy.
+// in the kernels); a bias becomes float32 unless it is float32 already or in
+// the data's dtype (the kernels read bool masks and biases in those two
+// dtypes: attention_variants.h), converted before broadcasting so no
+// full-size copy.
 Problem make_problem(const attention_args::Inputs& in, const std::optional<at::Tensor>& attn_mask,
                      const std::optional<at::Tensor>& seed, bool causal, double scale,
                      double dropout_p, Holders& hold) {
@@ -97,14 +99,18 @@ Problem make_problem(const attention_args::Inputs& in, const std::optional<at::T
   pb.v = view4(hold.v);
   if (in.mask.defined()) {
     hold.mask = in.mask;
-    switch (in.mask.scalar_type()) {
-      case at::kBool: pb.mask_kind = MaskKind::kBool; break;
-      case at::kHalf: pb.mask_kind = MaskKind::kFloat16; break;
-      case at::kBFloat16: pb.mask_kind = MaskKind::kBFloat16; break;
-      case at::kFloat: pb.mask_kind = MaskKind::kFloat32; break;
-      default:
+    const at::ScalarType mt = in.mask.scalar_type();
+    if (mt == at::kBool) {
+      pb.mask_kind = MaskKind::kBool;
+    } else if (mt == at::kHalf && in.q.scalar_type() == at::kHalf) {
+      pb.mask_kind = MaskKind::kFloat16;
+    } else if (mt == at::kBFloat16 && in.q.scalar_type() == at::kBFloat16) {
+      pb.mask_kind = MaskKind::kBFloat16;
+    } else {
+      if (mt != at::kFloat) {
         hold.mask = attn_mask->to(at::kFloat).expand({in.B, in.Hq, in.Lq, in.Lk});
-        pb.mask_kind = MaskKind::kFloat32;
+      }
+      pb.mask_kind = MaskKind::kFloat32;
     }
     pb.mask = hold.mask.data_ptr();
     pb.mask_stride_b = stride_of(hold.mask, 0);
@@ -140,12 +146,28 @@ void check_head_dim(int64_t D) {
               "got ", D);
 }
 
+// The CUDA kernels have no attention variants (window, ALiBi, softcap,
+// relative bias): fastattn's auto choice sends such calls to triton
+// (fastattn/ops/attention.py, _call_limits); a direct call is refused.
+void check_no_variants(int64_t window_left, int64_t window_right, double softcap,
+                       const std::optional<at::Tensor>& alibi_slopes,
+                       const std::optional<at::Tensor>& rel_table) {
+  TORCH_CHECK(window_left == -1 && window_right == -1 && softcap == 0 &&
+                  !alibi_slopes.has_value() && !rel_table.has_value(),
+              "the cuda attention kernels do not implement window_size, alibi_slopes, softcap "
+              "or rel_bias (backend='triton' does)");
+}
+
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& q_lengths,
     const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& seed,
-    bool causal, double scale, double dropout_p) {
+    bool causal, double scale, double dropout_p, int64_t window_left, int64_t window_right,
+    double softcap, const std::optional<at::Tensor>& alibi_slopes,
+    const std::optional<at::Tensor>& rel_table, const std::optional<at::Tensor>& rel_buckets,
+    int64_t rel_radius, bool rel_per_row) {
   TORCH_CHECK(q.is_cuda(), "attention_fwd_native (cuda): q must be a CUDA tensor");
+  check_no_variants(window_left, window_right, softcap, alibi_slopes, rel_table);
   to_dtype(q.scalar_type(), "attention_fwd_native");
   const c10::cuda::CUDAGuard guard(q.device());
   const attention_args::Inputs in =
@@ -164,13 +186,17 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
     const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& q_lengths,
     const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& seed,
-    bool causal, double scale, double dropout_p, bool mask_grad) {
+    bool causal, double scale, double dropout_p, bool mask_grad, int64_t window_left,
+    int64_t window_right, double softcap, const std::optional<at::Tensor>& alibi_slopes,
+    const std::optional<at::Tensor>& rel_table, const std::optional<at::Tensor>& rel_buckets,
+    int64_t rel_radius, bool rel_per_row, bool rel_grad) {
   TORCH_CHECK(q.is_cuda(), "attention_bwd_native (cuda): q must be a CUDA tensor");
+  check_no_variants(window_left, window_right, softcap, alibi_slopes, rel_table);
   to_dtype(q.scalar_type(), "attention_bwd_native");
   const c10::cuda::CUDAGuard guard(q.device());
   const attention_args::Inputs in =
@@ -199,7 +225,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cuda(
   p.dv = out4(dv);
   p.dmask = dmask_full.defined() ? dmask_full.data_ptr<float>() : nullptr;
   check_launch(attention_bwd(p, c10::cuda::getCurrentCUDAStream()), "attention_bwd_native");
-  return {dq, dk, dv, attention_args::reduce_mask_grad(dmask_full, attn_mask, q)};
+  return {dq, dk, dv, attention_args::reduce_mask_grad(dmask_full, attn_mask, q),
+          at::empty({0}, in.q.options())};
 }
 
 }  // namespace

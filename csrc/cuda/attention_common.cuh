@@ -1,7 +1,8 @@
-// Device helpers shared by the CUDA attention kernels: the per-(batch, head)
-// view of a Problem (lengths, causal bounds, mask, dropout), and thin
-// wrappers over the sm_80 instructions the tensor-core kernels use
-// (cp.async, ldmatrix, mma.sync m16n8k16).
+// Device helpers shared by the CUDA attention kernels: the compile-time
+// features of a kernel variant, the per-(batch, head) view of a Problem
+// (lengths, causal bounds, mask, dropout), and thin wrappers over the sm_80
+// instructions the tensor-core kernels use (cp.async, ldmatrix, mma.sync
+// m16n8k16). The tile loops built from them: attention_tiles.cuh.
 //
 // Scores are kept in log2 units: x = (q.k * scale + bias) * log2(e), so that
 // softmax weights are exp2(x - max) (one MUFU.EX2 each) and
@@ -26,6 +27,32 @@ constexpr float kLn2 = 0.6931471805599453f;
 
 __host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// -------------------------------------------------------------- features
+
+// The compile-time features of one kernel variant (attention_variants.h):
+// the launchers pick them once per launch (attention_tiles.cuh,
+// with_features), so no kernel switches over them at run time.
+template <MaskKind MASK, bool CAUSAL, bool DROPOUT, bool EVEN>
+struct Features {
+  static constexpr MaskKind kMask = MASK;
+  static constexpr bool kCausal = CAUSAL;
+  static constexpr bool kDropout = DROPOUT;
+  // No lengths, Lq and Lk multiples of 64, head dim = bucket: no bounds
+  // checks anywhere (attention_variants.h, even_tiles).
+  static constexpr bool kEven = EVEN;
+  static constexpr bool kHasMask = MASK != MaskKind::kNone;
+};
+
+// Element type of a mask kind in memory.
+template <MaskKind M> struct MaskElem { using type = unsigned char; };  // kNone, kBool
+template <> struct MaskElem<MaskKind::kFloat16> { using type = __half; };
+template <> struct MaskElem<MaskKind::kBFloat16> { using type = __nv_bfloat16; };
+template <> struct MaskElem<MaskKind::kFloat32> { using type = float; };
+
+__device__ __forceinline__ float mask_to_float(__half x) { return __half2float(x); }
+__device__ __forceinline__ float mask_to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float mask_to_float(float x) { return x; }
+
 // ------------------------------------------------------------------ rows
 
 // Everything a block needs to know about its (batch row, query head):
@@ -35,11 +62,6 @@ struct HeadView {
   int q_len = 0, kv_len = 0;     // clamped valid lengths
   int causal_off = 0;            // query i may attend key j iff j <= i + causal_off
   const unsigned char* mask = nullptr;  // mask base of (b, h), bytes; nullptr if none
-
-  // Whether the pair (i, j) may attend before the mask's own verdict.
-  __device__ __forceinline__ bool in_bounds(int i, int j, bool causal) const {
-    return i < q_len && j < kv_len && (!causal || j <= i + causal_off);
-  }
 };
 
 __device__ __forceinline__ int clamp_len(const int32_t* lengths, int64_t b, int64_t full) {
@@ -48,10 +70,7 @@ __device__ __forceinline__ int clamp_len(const int32_t* lengths, int64_t b, int6
   return v < 0 ? 0 : (v > full ? static_cast<int>(full) : v);
 }
 
-__device__ __forceinline__ int mask_elem_bytes(MaskKind kind) {
-  return kind == MaskKind::kFloat32 ? 4 : (kind == MaskKind::kBool ? 1 : 2);
-}
-
+template <MaskKind M>
 __device__ __forceinline__ HeadView head_view(const Problem& pb, int64_t b, int64_t h) {
   HeadView hv;
   hv.b = b;
@@ -60,56 +79,112 @@ __device__ __forceinline__ HeadView head_view(const Problem& pb, int64_t b, int6
   hv.q_len = clamp_len(pb.q_lengths, b, pb.Lq);
   hv.kv_len = clamp_len(pb.kv_lengths, b, pb.Lk);
   hv.causal_off = hv.kv_len - hv.q_len;
-  if (pb.mask_kind != MaskKind::kNone) {
+  if constexpr (M != MaskKind::kNone) {
     hv.mask = static_cast<const unsigned char*>(pb.mask) +
-              (b * pb.mask_stride_b + h * pb.mask_stride_h) * mask_elem_bytes(pb.mask_kind);
+              (b * pb.mask_stride_b + h * pb.mask_stride_h) *
+                  static_cast<int64_t>(sizeof(typename MaskElem<M>::type));
   }
   return hv;
 }
 
-// Applies the mask of pair (i, j) to a score `x` in log2 units: returns
-// -inf where the pair may not attend, x + bias * log2(e) otherwise.
-// Reads the mask only for in-bounds pairs, so padded rows/keys are never read.
-__device__ __forceinline__ float masked_score(const Problem& pb, const HeadView& hv, int i,
-                                              int j, float x) {
-  if (!hv.in_bounds(i, j, pb.causal)) return -INFINITY;
-  if (pb.mask_kind == MaskKind::kNone) return x;
-  const int64_t off = i * pb.mask_stride_q + j * pb.mask_stride_k;
-  switch (pb.mask_kind) {
-    case MaskKind::kBool:
-      return hv.mask[off] != 0 ? x : -INFINITY;
-    case MaskKind::kFloat16:
-      return x + __half2float(reinterpret_cast<const __half*>(hv.mask)[off]) * kLog2e;
-    case MaskKind::kBFloat16:
-      return x + __bfloat162float(reinterpret_cast<const __nv_bfloat16*>(hv.mask)[off]) * kLog2e;
-    default:
-      return x + reinterpret_cast<const float*>(hv.mask)[off] * kLog2e;
+// The mask of one (batch row, query head), of kind M, as the score loops
+// read it: apply(pb, i, j, x) returns the score x (log2 units) with the
+// mask's verdict on pair (i, j): -inf where a bool mask forbids the pair,
+// x + bias * log2(e) for a bias, x itself without mask. The caller makes
+// sure (i, j) lies inside the (Lq, Lk) mask. Only the base pointer lives in
+// registers; the strides are read from the kernel parameters at each use.
+template <MaskKind M>
+struct MaskView {
+  using Elem = typename MaskElem<M>::type;
+  const Elem* base = nullptr;
+
+  __device__ __forceinline__ explicit MaskView(const HeadView& hv) {
+    if constexpr (M != MaskKind::kNone) base = reinterpret_cast<const Elem*>(hv.mask);
+  }
+
+  __device__ __forceinline__ float apply(const Problem& pb, int i, int j, float x) const {
+    if constexpr (M == MaskKind::kNone) {
+      return x;
+    } else {
+      const Elem m = base[i * pb.mask_stride_q + j * pb.mask_stride_k];
+      if constexpr (M == MaskKind::kBool) {
+        return m != 0 ? x : -INFINITY;
+      } else {
+        return x + mask_to_float(m) * kLog2e;
+      }
+    }
+  }
+};
+
+// Bounds of the boundary tiles, precomputed per row or per key so that a
+// boundary pair costs one or two integer compares:
+//   query-major (forward, dQ): key j of row i passes iff j < key_limit(i);
+//   key-major (dK/dV): query i of key j passes iff query_low(j) <= i < q_len.
+// Both fold the lengths (a row past q_len passes no key, a key past kv_len
+// no row) and the causal rule j <= i + causal_off.
+template <bool CAUSAL>
+__device__ __forceinline__ int key_limit(const HeadView& hv, int i) {
+  if (i >= hv.q_len) return 0;
+  return CAUSAL ? min(hv.kv_len, i + hv.causal_off + 1) : hv.kv_len;
+}
+template <bool CAUSAL>
+__device__ __forceinline__ int query_low(const HeadView& hv, int j) {
+  if (j >= hv.kv_len) return 0x7fffffff;
+  return CAUSAL ? j - hv.causal_off : 0;
+}
+
+// The masked score of pair (i, j) from x = q.k * scale * log2(e).
+// BOUNDARY: the tile may hold pairs that may not attend (past the lengths,
+// above the causal diagonal): `pass` (from key_limit / query_low) says
+// whether this one may. A pair that does not pass reads mask element
+// (0, 0) instead of its own (always inside the mask: a tile is only visited
+// when Lq, Lk >= 1; never past the end of a row) and gets -inf: the load is
+// not predicated, which keeps ptxas from holding every address of the tile
+// in registers at once. Otherwise (interior tiles, attention_tiles.cuh) the
+// caller knows that every pair of the tile passes and only the mask applies.
+template <class F, bool BOUNDARY>
+__device__ __forceinline__ float tile_score(const Problem& pb, const MaskView<F::kMask>& mask,
+                                            int i, int j, float x, bool pass) {
+  if constexpr (!BOUNDARY) {
+    return mask.apply(pb, i, j, x);
+  } else if constexpr (F::kHasMask) {
+    const float y = mask.apply(pb, pass ? i : 0, pass ? j : 0, x);
+    return pass ? y : -INFINITY;
+  } else {
+    return pass ? x : -INFINITY;
   }
 }
 
 // Last key (exclusive) that any query row in [row0, row_end) may attend,
 // clamped to >= 0: the key loop of a query tile stops there, so fully
 // padded and causally excluded key tiles are never visited.
-__device__ __forceinline__ int key_end(const HeadView& hv, bool causal, int row0, int row_end) {
+template <bool CAUSAL>
+__device__ __forceinline__ int key_end(const HeadView& hv, int row0, int row_end) {
   const int last_row = min(row_end, hv.q_len) - 1;
   if (last_row < row0) return 0;
   int end = hv.kv_len;
-  if (causal) end = min(end, last_row + hv.causal_off + 1);
+  if (CAUSAL) end = min(end, last_row + hv.causal_off + 1);
   return max(end, 0);
 }
 
 // First query row that may attend a key in [key0, ...): the query loop of a
 // key tile (dK/dV) starts at the query tile holding it.
-__device__ __forceinline__ int query_begin(const HeadView& hv, bool causal, int key0) {
-  return causal ? max(0, key0 - hv.causal_off) : 0;
+template <bool CAUSAL>
+__device__ __forceinline__ int query_begin(const HeadView& hv, int key0) {
+  return CAUSAL ? max(0, key0 - hv.causal_off) : 0;
+}
+
+// lse of a row in log2 units, +inf for an empty row (then every exp2 is 0).
+__device__ __forceinline__ float lse_log2(float lse) {
+  return lse == -INFINITY ? INFINITY : lse * kLog2e;
 }
 
 // ---------------------------------------------------------------- dropout
 
 // Dropout of one kernel launch: the keep threshold and 1 / (1 - p); the
-// seed is read on the device (no host synchronisation).
+// seed is read on the device (no host synchronisation). Only kernels of a
+// DROPOUT variant build one.
 struct Dropout {
-  bool on = false;
   uint32_t threshold = 0;
   float inv_keep = 1.f;
   uint64_t seed = 0;
@@ -118,18 +193,20 @@ struct Dropout {
 __device__ __forceinline__ Dropout make_dropout(const Problem& pb, float inv_keep,
                                                 uint32_t threshold) {
   Dropout d;
-  d.on = pb.dropout_p > 0.0;
-  if (d.on) {
-    d.seed = static_cast<uint64_t>(*pb.seed);
-    d.threshold = threshold;
-    d.inv_keep = inv_keep;
-  }
+  d.seed = static_cast<uint64_t>(*pb.seed);
+  d.threshold = threshold;
+  d.inv_keep = inv_keep;
   return d;
 }
 
 // The logical dropout row of query i of (b, h): (b * Hq + h) * Lq + i.
 __device__ __forceinline__ uint64_t dropout_row(const Problem& pb, const HeadView& hv, int i) {
   return static_cast<uint64_t>((hv.b * pb.Hq + hv.h) * pb.Lq + i);
+}
+
+__device__ __forceinline__ dropout::RowKeys dropout_keys(const Dropout& d, const Problem& pb,
+                                                         const HeadView& hv, int i) {
+  return dropout::row_keys(d.seed, dropout_row(pb, hv, i));
 }
 
 // Multiplier of a probability: 0 if dropped, 1 / (1 - p) if kept.
@@ -238,8 +315,9 @@ constexpr int smem_stride() {
 
 // Starts the copy of rows [row0, row0 + ROWS) of a (L, D) slice into a
 // shared tile (ROWS x smem_stride<D>()); rows >= rows_valid and columns
-// >= d are zero-filled. Caller commits the cp.async group.
-template <typename T, int ROWS, int D, int THREADS>
+// >= d are zero-filled. EVEN: the caller knows every row is < rows_valid
+// and d == D, so no chunk is predicated. Caller commits the cp.async group.
+template <typename T, int ROWS, int D, int THREADS, bool EVEN = false>
 __device__ __forceinline__ void load_tile_async(T* tile, const T* src, int64_t row_stride,
                                                 int row0, int rows_valid, int d) {
   constexpr int kChunksPerRow = D / 8;  // 16-byte chunks
@@ -250,7 +328,7 @@ __device__ __forceinline__ void load_tile_async(T* tile, const T* src, int64_t r
     if (kChunks % THREADS == 0 || c < kChunks) {
       const int r = c / kChunksPerRow;
       const int col = (c % kChunksPerRow) * 8;
-      const bool valid = row0 + r < rows_valid && col < d;
+      const bool valid = EVEN || (row0 + r < rows_valid && col < d);
       const T* g = valid ? src + static_cast<int64_t>(row0 + r) * row_stride + col : src;
       cp_async16(smem_addr(tile + r * smem_stride<D>() + col), g, valid);
     }
