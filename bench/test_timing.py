@@ -191,6 +191,13 @@ def test_warm_rotation_is_not_cold():
     assert not timing.warm_rotation(2).cold
 
 
+def test_warm_rotation_takes_whole_cycles():
+    r = timing.warm_rotation(2)
+    assert r.take(5) == [0, 1, 0, 1, 0]
+    assert r.take(1) == [1]
+    assert r.scrubs == 0
+
+
 # ------------------------------------------------------------------ caches
 
 

@@ -294,8 +294,11 @@ class Rotation:
         return cover if (cover - need) * setup_ms < scrub_ms else need
 
     def take(self, k: int) -> list[int]:
-        """The next k (at most n_sets) set indices, scrubbing first if needed."""
-        k = max(1, min(k, self.n_sets))
+        """The next k set indices, scrubbing first if needed: at most n_sets
+        when caches are handled; a warm rotation wraps round (so a cycle of
+        samples over one warm set is not one sample long, which would make
+        the sampling loop's bookkeeping per cycle quadratic in the count)."""
+        k = max(1, k if self.cache_bytes == 0 else min(k, self.n_sets))
         if not self.covers() and self.since_scrub + k > self.n_sets:
             self._scrub()
         idx = [(self.cursor + j) % self.n_sets for j in range(k)]
