@@ -10,6 +10,8 @@ timing         warm-up, samples, statistics, noise flag; cold caches (rotation p
 ceilings       copy bandwidth and matmul throughput measured in the same run
 ops_layernorm  the norm part: inputs, byte counts, gate
 ops_attention  the attention, cross and decode parts: inputs, FLOP/byte counts, gate
+ops_uneven     uneven padding (lengths, packed varlen) against work-proportional time
+ops_percall    per-call cost of tiny calls of each op family against torch
 ops_model      whole encoder-decoders, swapped to fastattn or not
 report         progress bar, terminal table, JSON, markdown, plots (fixed colours), flags
 gpu_check.sh   build + GPU tests + full benchmark on a GPU machine, in one call

@@ -2,6 +2,7 @@
 
     python -m fastattn.bench --quick                  # every part, small grid, < 2 min
     python -m fastattn.bench --op layernorm,cross     # some parts
+    python -m fastattn.bench --op uneven,percall      # padding scaling, per-call cost
     python -m fastattn.bench --op attention --dtype bf16,fp16 --peers sdpa-flash,flex
     python -m fastattn.bench --shapes my_shapes.json --out results/
 
@@ -24,7 +25,7 @@ import subprocess
 import sys
 import time
 
-OPS = ("layernorm", "attention", "cross", "decode", "model")
+OPS = ("layernorm", "attention", "uneven", "cross", "decode", "percall", "model")
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "half": "float16", "fp32": "float32", "float32": "float32"}
 # Peers whose compilation costs more than a quick CPU run can afford.
@@ -284,7 +285,8 @@ def main(argv=None) -> int:
     import dataclasses
 
     import torch
-    from . import ceilings, ops_attention, ops_layernorm, ops_model, report, shapes, timing
+    from . import (ceilings, ops_attention, ops_layernorm, ops_model, ops_percall, ops_uneven,
+                   report, shapes, timing)
     from .peers import ALL_PEERS, ATTENTION_PEERS, NORM_PEERS
     from .runner import Context
 
@@ -345,7 +347,11 @@ def main(argv=None) -> int:
             else:
                 grid = ([s for s in user_shapes if s["op"] == op] if user_shapes is not None
                         else shapes.grid(op, args.quick, device.type))
-                if op == "layernorm":
+                if op == "uneven":
+                    part = ops_uneven.plan(grid, wanted_backends, ctx)
+                elif op == "percall":
+                    part = ops_percall.plan(grid, wanted_backends, ctx)
+                elif op == "layernorm":
                     part = ops_layernorm.plan(
                         grid, wanted_backends,
                         tuple(p for p in wanted_peers if p in NORM_PEERS), ctx)

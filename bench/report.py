@@ -12,6 +12,9 @@ Flags, in the terminal table and bench.md alike (and as fields of bench.json):
   !   after "% ceiling": above 100% of the ceiling measured in this run,
       which no honest measurement can be (`above_ceiling`: true); a note
       says what it means
+  *   after a ratio to a goal (uneven padding: time over the work-proportional
+      time; per call: fastattn's time over torch's; row field `ratio`): above
+      the goal. Those parts also get a summary table after the others.
 Plots follow flash-attention's README: throughput against sequence length
 (hidden size for norms) per implementation, with the samples' interquartile
 range as error bars; every implementation has one colour in every plot
@@ -32,6 +35,9 @@ from .timing import NOISY_IQR
 
 NOISY_MARK = "?"
 CEILING_MARK = "!"
+GOAL_MARK = "*"
+# Parts timed warm on purpose (whole models; tiny calls).
+WARM_OPS = ("model", "percall")
 
 # ---------------------------------------------------------------- progress
 
@@ -134,7 +140,7 @@ def flag_notes(rows: list[dict], ceilings: dict, notes: set[str]) -> None:
         if stats.get("noisy"):
             notes.add(f"ceiling {name} is noisy (IQR {stats['iqr_rel']:.0%} of its median): "
                       "every '% ceiling' relative to it is uncertain")
-    untimed_cold = [r for r in timed if r["op"] != "model" and r.get("timing")
+    untimed_cold = [r for r in timed if r["op"] not in WARM_OPS and r.get("timing")
                     and not r["timing"].get("cold")]
     if untimed_cold:
         notes.add(f"{len(untimed_cold)} row(s) timed with warm caches (no memory for the "
@@ -179,6 +185,13 @@ def _flags(r: dict) -> list[str]:
     return flags
 
 
+def ratio_text(r: dict) -> str:
+    """E.g. '1.23x work-proportional (goal <= 1.1x)', GOAL_MARK after a ratio above its goal."""
+    q = r["ratio"]
+    mark = GOAL_MARK if q["value"] > q["goal"] else ""
+    return f"{q['value']:.2f}x{mark} {q['what']} (goal <= {q['goal']}x)"
+
+
 def _cells(r: dict) -> list[str]:
     if r["status"] != "ok":
         return [r["status"]] + [""] * (len(HEADER) - 5) + [r["message"].splitlines()[0][:70]]
@@ -191,7 +204,8 @@ def _cells(r: dict) -> list[str]:
             _fmt(value, ".0f" if value and value >= 100 else ".3g") + (mark if value else ""),
             _ceiling_cell(r["ceiling_fraction"]),
             "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",
-            _fmt(r.get("fastattn_x"), ".2f"), str(t.get("n", "")), "; ".join(_flags(r))]
+            _fmt(r.get("fastattn_x"), ".2f"), str(t.get("n", "")),
+            "; ".join(([ratio_text(r)] if r.get("ratio") else []) + _flags(r))]
 
 
 HEADER = ["shape", "mode", "implementation", "ms", "min-max ms", "IQR", "{unit}", "% ceiling",
@@ -208,9 +222,41 @@ def _sections(rows: list[dict]):
     return sections.items()
 
 
+GOAL_TITLES = {"uneven": "uneven padding: time / work-proportional time (the unpadded "
+                         "call's time x the valid fraction of the scores)",
+               "percall": "per call: microseconds, and fastattn's time / torch's"}
+GOAL_HEADER = {"uneven": ["shape", "mode", "implementation", "ms", "work-prop. ms", "ratio",
+                          "goal"],
+               "percall": ["shape", "mode", "implementation", "us", "torch us", "ratio", "goal"]}
+
+
+def goal_tables(rows: list[dict]) -> list[tuple[str, list[list[str]]]]:
+    """(title, table with a header row) per part and dtype whose rows carry a
+    ratio to a goal (uneven, percall); GOAL_MARK after a ratio above its goal."""
+    out = []
+    for (op, dtype, _unit), section in _sections(rows):
+        ratios = [r for r in section if r.get("ratio")]
+        if op not in GOAL_TITLES or not ratios:
+            continue
+        table = [GOAL_HEADER[op]]
+        for r in ratios:
+            q = r["ratio"]
+            mark = GOAL_MARK if q["value"] > q["goal"] else ""
+            if op == "uneven":
+                times = [f"{r['ms']:.3f}", f"{q['expected_ms']:.3f}"]
+            else:
+                times = [f"{r['ms'] * 1e3:.2f}", f"{q['peer_us']:.2f}"]
+            table.append([r["label"], r["mode"], r["impl"]] + times
+                         + [f"{q['value']:.2f}x{mark}", f"<= {q['goal']}x"])
+        out.append((f"{GOAL_TITLES[op]} ({dtype}); {GOAL_MARK} = above the goal", table))
+    return out
+
+
 def _ceiling_text(unit: str, dtype: str, ceilings: dict) -> str:
     if unit == "tokens/s":
         return "none (whole models)"
+    if unit == "calls/s":
+        return "none (per-call cost)"
     if unit == "GB/s":
         return f"copy {ceilings['copy_GBps']:.3g} GB/s"
     table = ceilings["matmul_TFLOPs"]
@@ -230,6 +276,11 @@ def terminal_table(rows: list[dict], ceilings: dict) -> str:
             previous = key
             table.append([shape, mode, r["impl"]] + _cells(r))
         widths = [max(len(row[i]) for row in table) for i in range(len(HEADER))]
+        for row in table:
+            out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    for title, table in goal_tables(rows):
+        out.append(f"\n== {title} ==")
+        widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
         for row in table:
             out.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
     return "\n".join(out)
@@ -297,6 +348,11 @@ def markdown(rows: list[dict], env: dict, ceilings: dict, notes: list[str],
         for r in section:
             cells = [r["label"], r["mode"], r["impl"]] + _cells(r)
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        lines.append("")
+    for title, table in goal_tables(rows):
+        lines += [f"## {title}", "", "| " + " | ".join(table[0]) + " |",
+                  "|" + "---|" * len(table[0])]
+        lines += ["| " + " | ".join(row) + " |" for row in table[1:]]
         lines.append("")
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]

@@ -9,7 +9,8 @@ every op:
 
   for each shape: one input set for the gate, and a pool of copies of
   another spanning COVER x the cache (timing.input_pool), shared by every
-  implementation and mode of the shape, rotated round-robin;
+  implementation and mode of the shape, rotated round-robin (a Case with
+  cold=False, a tiny call's, keeps its one set warm);
   for each implementation:
     fastattn backends first pass the correctness gate (FAIL: never timed);
     for each mode (fwd, bwd, fwd+bwd): timing.measure (warm-up, samples,
@@ -36,7 +37,7 @@ from .peers import Impl
 
 MODES = ("fwd", "bwd", "fwd+bwd")
 # Work per second -> the reported unit.
-UNIT_SCALE = {"TFLOP/s": 1e12, "GB/s": 1e9, "tokens/s": 1.0}
+UNIT_SCALE = {"TFLOP/s": 1e12, "GB/s": 1e9, "tokens/s": 1.0, "calls/s": 1.0}
 
 
 @dataclass
@@ -50,6 +51,7 @@ class Case:
     gate: Callable[[Impl, dict, bool], tuple[bool, str]]  # impl, inputs, check grads
     modes: tuple[str, ...] = MODES
     dy_like: Optional[str] = None             # the input the output's shape and dtype match
+    cold: bool = True                         # False: one input set, timed warm (tiny calls)
 
 
 @dataclass
@@ -141,6 +143,8 @@ def _pool(case: Case, ctx: Context, needs_grad: bool):
         g = torch.Generator(device=ctx.device).manual_seed(4242)
         base["_dy"] = torch.randn(like.shape, generator=g, device=ctx.device,
                                   dtype=torch.float32).to(like.dtype)
+    if not case.cold:
+        return [base], timing.warm_rotation(1)
     return timing.input_pool(base, ctx.device)
 
 

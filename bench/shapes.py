@@ -7,6 +7,11 @@ A shape is a JSON-able dict (what `--shapes FILE` holds too):
   attention, cross, decode:
               {"op": ..., "B", "Hq", "Hkv", "Lq", "Lk", "D",
                "causal": bool, "pad": fraction of padded tokens (0..0.9)}
+  uneven:     {"op": "uneven", "B", "Hq", "L", "D", "lengths": [B ints <= L],
+               "api": "padded" | "varlen"} (queries and keys share the lengths)
+  percall:    {"op": "percall", "kind": "attention" | "layer_norm" |
+               "rms_norm" | "add_layer_norm", "size": [B, H, L, D] for
+               attention, [rows, hidden] for the norms}
 
 `normalize` fills `family` (the curve a shape belongs to in the plots) and
 `x` (the swept size along that curve) when a file leaves them out.
@@ -16,7 +21,10 @@ attention over BERT-base (B=32, H=12, D=64, L=128..512, 0/25/50% padding),
 decoder causal self-attention, cross-attention (Lq=64..1024 over
 Lk=128..4096) and long sequences (L=1k..16k, D=64/128, causal and not,
 B*L = 16k tokens and H*D = 2048 as flash-attention's plots use); decoding
-(B=1..64, Hq=8..32, Hkv in {Hq, Hq/4}, D=64/128, Lk=1k..64k, one query).
+(B=1..64, Hq=8..32, Hkv in {Hq, Hq/4}, D=64/128, Lk=1k..64k, one query);
+uneven padding (B=4, H=12, L=512, D=64, lengths in several orders such as
+[512,512,256,256] or [128,128,128,512], padded and packed); tiny calls of
+each op family (attention (1,2,16,32), norms (8,64)).
 A CPU gets the same families at sizes two cores finish in seconds.
 """
 
@@ -26,7 +34,9 @@ import json
 
 NORMS = ("layer_norm", "rms_norm", "add_layer_norm", "add_rms_norm")
 ATTENTION_OPS = ("attention", "cross", "decode")
-OPS = ("layernorm",) + ATTENTION_OPS
+OPS = ("layernorm",) + ATTENTION_OPS + ("uneven", "percall")
+UNEVEN_APIS = ("padded", "varlen")
+PERCALL_KINDS = ("attention", "layer_norm", "rms_norm", "add_layer_norm")
 ATTENTION_KEYS = ("B", "Hq", "Hkv", "Lq", "Lk", "D")
 
 # Decode configurations whose KV cache exceeds this are left out of the grid.
@@ -135,8 +145,58 @@ def decode_grid(quick: bool, device_type: str) -> list[dict]:
     return out
 
 
+# ---------------------------------------------------------- uneven padding
+
+# Lengths of the four sequences as fractions of L, in orders that put the
+# long rows first, last, alternating, or alone (a kernel whose cost follows
+# the longest row, or the first, shows it as a ratio far above 1).
+UNEVEN_ORDERS = ((1, 1, 1 / 2, 1 / 2), (1, 1 / 4, 1 / 4, 1 / 4), (1 / 4, 1 / 4, 1 / 4, 1),
+                 (1 / 2, 1, 1 / 2, 1))
+
+
+def _uneven(B, H, L, D, lengths, api, family):
+    return {"op": "uneven", "B": B, "Hq": H, "Hkv": H, "Lq": L, "Lk": L, "D": D,
+            "lengths": [int(x) for x in lengths], "api": api, "causal": False, "pad": 0.0,
+            "family": family, "x": None}
+
+
+def uneven_grid(quick: bool, device_type: str) -> list[dict]:
+    """B=4, H=12, D=64 self-attention whose rows have uneven lengths (queries
+    and keys alike, a padded encoder batch), through fastattn.attention with
+    lengths ("padded") and fastattn.attention_varlen on the packed tokens
+    ("varlen"). Each family starts with its unpadded call (every length L),
+    the time every other row's work-proportional time is scaled from.
+    L=512 (a GPU's full grid also 2048); a quick CPU run L=256, and a quick
+    run only the orders with the long row first and last."""
+    if device_type == "cpu":
+        ls = (256,) if quick else (512,)
+    else:
+        ls = (512,) if quick else (512, 2048)
+    # quick: the long row first and last only
+    orders = UNEVEN_ORDERS[1:3] if quick else UNEVEN_ORDERS
+    out = []
+    for L in ls:
+        for api in UNEVEN_APIS:
+            for order in ((1, 1, 1, 1),) + orders:
+                out.append(_uneven(4, 12, L, 64, [round(f * L) for f in order], api,
+                                   f"uneven L={L} {api}"))
+    return out
+
+
+# ---------------------------------------------------------------- per call
+
+PERCALL_SIZES = {"attention": (1, 2, 16, 32), "layer_norm": (8, 64), "rms_norm": (8, 64),
+                 "add_layer_norm": (8, 64)}
+
+
+def percall_grid(quick: bool, device_type: str) -> list[dict]:
+    """One tiny call per op family: what a call costs beyond its arithmetic."""
+    return [{"op": "percall", "kind": kind, "size": list(size), "family": "per call",
+             "x": None} for kind, size in PERCALL_SIZES.items()]
+
+
 GRIDS = {"layernorm": layernorm_grid, "attention": attention_grid, "cross": cross_grid,
-         "decode": decode_grid}
+         "decode": decode_grid, "uneven": uneven_grid, "percall": percall_grid}
 
 
 def grid(op: str, quick: bool, device_type: str) -> list[dict]:
@@ -170,6 +230,36 @@ def normalize(shape: dict, where: str = "shape") -> dict:
         s.setdefault("family", f"{s['norm']} rows={s['rows']}")
         s.setdefault("x", s["hidden"])
         return s
+    if op == "percall":
+        if s.get("kind") not in PERCALL_KINDS:
+            raise ValueError(f"{where}: 'kind' must be one of {PERCALL_KINDS}, "
+                             f"got {s.get('kind')!r}")
+        size = s.setdefault("size", list(PERCALL_SIZES[s["kind"]]))
+        want = len(PERCALL_SIZES[s["kind"]])
+        if (not isinstance(size, list) or len(size) != want
+                or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0
+                           for n in size)):
+            raise ValueError(f"{where}: 'size' must be a list of {want} positive ints, "
+                             f"got {size!r}")
+        s.setdefault("family", "per call")
+        s.setdefault("x", None)
+        return s
+    if op == "uneven":
+        s.setdefault("api", "padded")
+        if "L" not in s:  # a shape from the built-in grid (Lq = Lk = L)
+            s["L"] = s.get("Lq")
+        if s["api"] not in UNEVEN_APIS:
+            raise ValueError(f"{where}: 'api' must be one of {UNEVEN_APIS}, got {s['api']!r}")
+        for key in ("B", "Hq", "L", "D"):
+            _positive_int(s, key, where)
+        lengths = s.get("lengths")
+        if (not isinstance(lengths, list) or len(lengths) != s["B"]
+                or not all(isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= s["L"]
+                           for n in lengths)):
+            raise ValueError(f"{where}: 'lengths' must be a list of B={s['B']} ints in "
+                             f"[1, L={s['L']}], got {lengths!r}")
+        return _uneven(s["B"], s["Hq"], s["L"], s["D"], lengths, s["api"],
+                       s.get("family") or f"uneven L={s['L']} {s['api']}")
     if op == "decode":
         s.setdefault("Lq", 1)
     if "L" in s:  # self-attention shorthand
@@ -203,6 +293,11 @@ def load(path: str) -> list[dict]:
 
 def label(s: dict) -> str:
     """Short human-readable name of a shape (table rows, progress bar)."""
+    if s["op"] == "percall":
+        return f"{s['kind']} {'x'.join(map(str, s['size']))}"
+    if s["op"] == "uneven":
+        return (f"{s['api']} B={s['B']} H={s['Hq']} L={s['Lq']} D={s['D']} "
+                f"lengths {','.join(map(str, s['lengths']))}")
     if s["op"] == "layernorm":
         return f"{s['norm']} {s['rows']}x{s['hidden']}"
     if s["op"] == "model":

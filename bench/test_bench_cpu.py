@@ -9,6 +9,12 @@ the comparison. Each benchmarked result is also checked against the fp64
 reference, so a fast wrong kernel fails here too. Skipped, with the reason,
 where the cpu backend is not built. The default `pytest` run (testpaths =
 tests) does not collect this file.
+
+The last tests are plain ones (a few seconds, no pytest-benchmark needed):
+the benchmark's uneven-padding and per-call parts run end to end at tiny
+sizes, and the model part's list of models and implementations is checked.
+
+    pytest bench/test_bench_cpu.py -k "uneven or percall or model or pack"
 """
 
 from __future__ import annotations
@@ -91,3 +97,114 @@ def test_attention_forward(benchmark, B, H, L, D, causal):
     truth = reference.attention(q.double(), k.double(), v.double(), causal=causal)
     baseline = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     assert_close(out, truth, baseline)
+
+
+# ------------------------------------------- the benchmark's own parts, tiny
+
+# Not pytest-benchmark: these run the uneven-padding and per-call parts of
+# `fastattn-bench` end to end (gate, timing, ratios, report) at tiny sizes
+# with a tiny timing budget, in a few seconds.
+
+import io  # noqa: E402
+
+from fastattn.bench import (ops_model, ops_percall, ops_uneven, report, runner,  # noqa: E402
+                            shapes, timing)
+
+TINY_BUDGET = timing.Budget(warmup_s=0.0, warmup_calls=1, min_time_s=0.0, min_reps=3,
+                            max_reps=3, max_wall_s=0.5)
+CEILINGS = {"copy_GBps": 10.0, "matmul_TFLOPs": {"float32": 0.1}, "measurements": {}}
+
+
+@pytest.fixture
+def ctx(monkeypatch):
+    """A Context on the CPU, with a 1 MiB 'cache' (small arena, no big scrub)."""
+    monkeypatch.setattr(timing, "cache_bytes", lambda device: 1 << 20)
+    monkeypatch.setattr(timing, "_ARENAS", {})
+    monkeypatch.setattr(timing, "_SCRUBS", {})
+    return runner.Context(device=CPU, dtype=torch.float32, budget=TINY_BUDGET,
+                          ceilings=CEILINGS, progress=report.Progress(stream=io.StringIO()),
+                          modes=("fwd", "bwd", "fwd+bwd"))
+
+
+def _uneven_shapes(L=32):
+    return [shapes.normalize({"op": "uneven", "B": 4, "Hq": 2, "L": L, "D": 16,
+                              "lengths": lengths, "api": api})
+            for api in ("padded", "varlen") for lengths in ([L] * 4, [L, 8, 8, 8], [8, L, 4, L])]
+
+
+def test_uneven_shapes_and_fractions():
+    grid = shapes.grid("uneven", True, "cpu")
+    assert [s["api"] for s in grid].count("varlen") == len(grid) // 2
+    assert all(ops_uneven.is_unpadded(s) for s in grid[::len(grid) // 2])
+    full = shapes.grid("uneven", False, "cpu")
+    assert {tuple(s["lengths"]) for s in full} >= {(512, 512, 256, 256), (512, 128, 128, 128),
+                                                   (128, 128, 128, 512), (256, 512, 256, 512)}
+    s = _uneven_shapes()[1]
+    assert ops_uneven.valid_fraction(s) == (32 * 32 + 3 * 64) / (4 * 32 * 32)
+    with pytest.raises(ValueError, match="lengths"):
+        shapes.normalize({"op": "uneven", "B": 2, "Hq": 2, "L": 8, "D": 8, "lengths": [9, 1]})
+    with pytest.raises(ValueError, match="kind"):
+        shapes.normalize({"op": "percall", "kind": "softmax"})
+
+
+def test_pack_unpack_round_trip():
+    lengths, L = [3, 1, 4], 5
+    pos = ops_uneven.positions(lengths, L, CPU)
+    t = torch.randn(3, 2, L, 4)
+    packed = ops_uneven.pack(t, pos)
+    assert packed.shape == (8, 2, 4)
+    back = ops_uneven.unpack(packed, pos, 3, L)
+    for b, n in enumerate(lengths):
+        assert torch.equal(back[b, :, :n], t[b, :, :n])
+        assert not back[b, :, n:].any()
+    assert ops_uneven.cu_seqlens(lengths, CPU).tolist() == [0, 3, 4, 8]
+
+
+@_skip_unless_cpu("attention")
+def test_uneven_part_gates_times_and_relates_to_work(ctx):
+    part = ops_uneven.plan(_uneven_shapes(), ("cpu",), ctx)
+    assert part.steps == 6 * 2                              # 6 shapes, fwd and fwd+bwd
+    rows = part.run()
+    assert len(rows) == part.steps
+    assert all(r["status"] == "ok" for r in rows), [r["message"] for r in rows]
+    assert {r["mode"] for r in rows} == {"fwd", "fwd+bwd"}
+    for r in rows:
+        ratio = r["ratio"]
+        assert ratio["goal"] == ops_uneven.GOAL
+        assert ratio["value"] == pytest.approx(r["ms"] / ratio["expected_ms"])
+        if ops_uneven.is_unpadded(r["shape"]):
+            assert ratio["value"] == pytest.approx(1.0)
+    text = report.terminal_table(rows, CEILINGS)
+    assert "work-proportional" in text and "goal <= 1.1x" in text
+
+
+@_skip_unless_cpu("norm")
+@_skip_unless_cpu("attention")
+def test_percall_part_against_torch(ctx):
+    part = ops_percall.plan(shapes.grid("percall", True, "cpu"), ("cpu",), ctx)
+    assert part.steps == 4 * 2 * 2                          # 4 families, 2 impls, 2 modes
+    threads = torch.get_num_threads()
+    rows = part.run()
+    assert torch.get_num_threads() == threads               # one thread only while timing
+    assert all(r["status"] == "ok" for r in rows), [r["message"] for r in rows]
+    assert {r["impl"] for r in rows} == {"fastattn[cpu]", "torch sdpa", "torch eager",
+                                         "torch eager add+norm"}
+    fast = [r for r in rows if r["fastattn"]]
+    assert len(fast) == 8 and all(r["ratio"]["goal"] == ops_percall.GOAL for r in fast)
+    assert all(not r["timing"]["cold"] and r["timing"]["n_sets"] == 1 for r in rows)
+    md = report.markdown(rows, {"torch": "x", "triton": "y", "date": "d"}, CEILINGS, [])
+    assert "## per call: microseconds" in md and "vs torch sdpa" in md
+
+
+def test_model_part_lists_bert_t5_bart_against_hf():
+    pytest.importorskip("transformers")
+    peers = ("eager",)
+    assert ops_model.variant_names("bart", peers) == ["fastattn", "fastattn unpad", "hf sdpa",
+                                                       "hf eager"]
+    assert ops_model.variant_names("t5", peers) == ["fastattn", "hf sdpa", "hf eager"]
+    assert "fastattn unpad" in ops_model.variant_names("bert", peers)
+    assert ops_model.modes_of("bart") == ("train", "infer", "generate")
+    assert ops_model.sizes("bart", True, "cpu").d == 64            # tiny in quick mode
+    assert ops_model.sizes("bart", False, "cpu").d == 768          # full: real widths
+    assert ops_model.BASE["bart"] == (768, 6, 12, 3072)            # BART-base
+    assert ops_model.BASE["t5"] == (512, 6, 8, 2048)               # T5-small
