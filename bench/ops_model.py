@@ -86,11 +86,12 @@ BASE = {"transformer": (512, 6, 8, 2048), "bert2bert": (768, 12, 12, 3072),
 
 
 def sizes(name: str, quick: bool, device_type: str) -> Sizes:
+    encoder_only = name.startswith("bert") and name != "bert2bert"
     if quick:
         if device_type == "cpu":
-            return Sizes(64, 1, 4, 128, 500, 4, 32, 24, 2, 4)
-        return Sizes(*BASE[name], 32000, 16, 128, 64, 8, 16)
-    if name.startswith("bert") and name != "bert2bert":
+            return Sizes(64, 1, 4, 128, 500, 4, 32, *((0, 0, 0) if encoder_only else (24, 2, 4)))
+        return Sizes(*BASE[name], 32000, 16, 128, *((0, 0, 0) if encoder_only else (64, 8, 16)))
+    if encoder_only:
         return Sizes(*BASE[name], 30522, len(BERT_LENGTHS), 128, 0, 0, 0)
     if device_type == "cpu":
         # real widths, batches a 2-core CPU steps through in seconds
