@@ -47,6 +47,8 @@ def swap_torch_modules(model: torch.nn.Module, *, attention: bool, norm: bool,
                     and isinstance(module.layers[0], TransformerEncoderLayer):
                 # the first layer packs a padded batch, the encoder unpacks
                 module.layers[0].unpad_first = True
+                if module.norm is not None:  # applied to the packed output
+                    unpad_module.carry_packing(module.norm)
                 unpad_module.unpack_at_exit(module)
                 swapped["TransformerEncoder (unpadded)"] = \
                     swapped.get("TransformerEncoder (unpadded)", 0) + 1

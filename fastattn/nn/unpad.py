@@ -131,6 +131,21 @@ def unpack_at_exit(stack: torch.nn.Module) -> None:
         stack._fastattn_unpad = True
 
 
+def carry_packing(module: torch.nn.Module) -> None:
+    """Make `module`'s output keep its input's packing: a module a stack
+    applies to the packed hidden states after its layers (nn.TransformerEncoder's
+    final norm), so that the stack's exit still finds what to unpack."""
+    if not getattr(module, "_fastattn_carries_packing", False):
+        module.forward = functools.partial(_carrying_forward, module.forward)
+        module._fastattn_carries_packing = True
+
+
+def _carrying_forward(forward, hidden, *args, **kwargs):
+    out = forward(hidden, *args, **kwargs)
+    packing = packing_of(hidden) if isinstance(hidden, Tensor) else None
+    return packing.mark(out) if packing is not None else out
+
+
 def wrap_stack(stack: torch.nn.Module, layers, mask_arg: str = "attention_mask",
                mask_pos: int = 1) -> int:
     """Unpad the encoder stack `stack`, whose forward runs the modules

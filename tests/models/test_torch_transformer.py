@@ -106,13 +106,17 @@ def _encoder_step(model, x, mask, dtype):
 @pytest.mark.parametrize("backend, device", BACKENDS)
 @pytest.mark.parametrize("batch_first", [True, False])
 @pytest.mark.parametrize("norm_first", [False, True])
-def test_unpadded_encoder_matches(backend, device, batch_first, norm_first):
+@pytest.mark.parametrize("final_norm", [False, True], ids=["", "final-norm"])
+def test_unpadded_encoder_matches(backend, device, batch_first, norm_first, final_norm):
     """swap_modules(unpad=True) on a TransformerEncoder with a key padding
     mask: outputs at valid positions and every gradient as the original,
-    attention on packed sequences, zeros at padded positions."""
+    attention on packed sequences, zeros at padded positions. With a final
+    norm (as nn.Transformer's encoder has) too."""
     layer = torch.nn.TransformerEncoderLayer(D_MODEL, NHEAD, 48, dropout=0.0,
                                              batch_first=batch_first, norm_first=norm_first)
-    original = torch.nn.TransformerEncoder(layer, num_layers=2, enable_nested_tensor=False)
+    norm = torch.nn.LayerNorm(D_MODEL) if final_norm else None
+    original = torch.nn.TransformerEncoder(layer, num_layers=2, norm=norm,
+                                           enable_nested_tensor=False)
     swapped = fastattn.swap_modules(copy.deepcopy(original), backend=backend, unpad=True)
     lengths = torch.tensor([9, 5, 2])
     mask = torch.arange(9)[None] >= lengths[:, None]
