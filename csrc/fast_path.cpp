@@ -69,6 +69,7 @@ using torch::autograd::variable_list;
 
 using T2 = std::tuple<Tensor, Tensor>;
 using T4 = std::tuple<Tensor, Tensor, Tensor, Tensor>;
+using T5 = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>;
 
 const auto& norm_fwd_op() {
   static const auto op =
@@ -94,8 +95,9 @@ const auto& attention_fwd_op() {
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fastattn::attention_fwd_native", "")
           .typed<T2(const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
-                    const OptTensor&, const OptTensor&, const OptTensor&, bool, double,
-                    double)>();
+                    const OptTensor&, const OptTensor&, const OptTensor&, bool, double, double,
+                    int64_t, int64_t, double, const OptTensor&, const OptTensor&,
+                    const OptTensor&, int64_t, bool)>();
   return op;
 }
 
@@ -103,10 +105,11 @@ const auto& attention_bwd_op() {
   static const auto op =
       c10::Dispatcher::singleton()
           .findSchemaOrThrow("fastattn::attention_bwd_native", "")
-          .typed<T4(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+          .typed<T5(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
                     const Tensor&, const Tensor&, const Tensor&, const OptTensor&,
                     const OptTensor&, const OptTensor&, const OptTensor&, bool, double, double,
-                    bool)>();
+                    bool, int64_t, int64_t, double, const OptTensor&, const OptTensor&,
+                    const OptTensor&, int64_t, bool, bool)>();
   return op;
 }
 
@@ -146,9 +149,11 @@ T2 attention_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const OptTen
   at::AutoDispatchBelowADInplaceOrView below;
   if (release_gil) {
     NoGil no_gil;
-    return attention_fwd_op().call(q, k, v, mask, ql, kl, seed, causal, scale, p);
+    return attention_fwd_op().call(q, k, v, mask, ql, kl, seed, causal, scale, p, -1, -1, 0.0,
+                                   std::nullopt, std::nullopt, std::nullopt, 0, false);
   }
-  return attention_fwd_op().call(q, k, v, mask, ql, kl, seed, causal, scale, p);
+  return attention_fwd_op().call(q, k, v, mask, ql, kl, seed, causal, scale, p, -1, -1, 0.0,
+                                 std::nullopt, std::nullopt, std::nullopt, 0, false);
 }
 
 T4 attention_bwd(const Tensor& dout, const OptTensor& dlse, const Tensor& q, const Tensor& k,
@@ -156,8 +161,12 @@ T4 attention_bwd(const Tensor& dout, const OptTensor& dlse, const Tensor& q, con
                  const OptTensor& ql, const OptTensor& kl, const OptTensor& seed, bool causal,
                  double scale, double p, bool mask_grad) {
   at::AutoDispatchBelowADInplaceOrView below;
-  return attention_bwd_op().call(dout, dlse, q, k, v, out, lse, mask, ql, kl, seed, causal,
-                                 scale, p, mask_grad);
+  // (the fast path serves no variants: their arguments off, no fifth output)
+  auto [dq, dk, dv, dmask, drel] =
+      attention_bwd_op().call(dout, dlse, q, k, v, out, lse, mask, ql, kl, seed, causal, scale,
+                              p, mask_grad, -1, -1, 0.0, std::nullopt, std::nullopt,
+                              std::nullopt, 0, false, false);
+  return {dq, dk, dv, dmask};
 }
 
 OptTensor opt(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
@@ -200,12 +209,16 @@ constexpr const char* kSchemas[][2] = {
     {"fastattn::attention_fwd_native",
      "fastattn::attention_fwd_native(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, "
      "Tensor? q_lengths, Tensor? kv_lengths, Tensor? seed, bool causal, float scale, "
-     "float dropout_p) -> (Tensor, Tensor)"},
+     "float dropout_p, int window_left=-1, int window_right=-1, float softcap=0., "
+     "Tensor? alibi_slopes=None, Tensor? rel_table=None, Tensor? rel_buckets=None, "
+     "int rel_radius=0, bool rel_per_row=False) -> (Tensor, Tensor)"},
     {"fastattn::attention_bwd_native",
      "fastattn::attention_bwd_native(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, "
      "Tensor out, Tensor lse, Tensor? attn_mask, Tensor? q_lengths, Tensor? kv_lengths, "
-     "Tensor? seed, bool causal, float scale, float dropout_p, bool mask_grad) -> "
-     "(Tensor, Tensor, Tensor, Tensor)"},
+     "Tensor? seed, bool causal, float scale, float dropout_p, bool mask_grad, "
+     "int window_left=-1, int window_right=-1, float softcap=0., Tensor? alibi_slopes=None, "
+     "Tensor? rel_table=None, Tensor? rel_buckets=None, int rel_radius=0, "
+     "bool rel_per_row=False, bool rel_grad=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor)"},
 };
 
 // The native ops exist with the schemas this file calls them with (if a

@@ -28,16 +28,25 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
       "norm_bwd_native(Tensor dy, Tensor? dh_out, Tensor h, Tensor? weight, "
       "Tensor? bias, Tensor mean, Tensor rstd, Tensor? seed, float dropout_p, "
       "bool is_rms, bool has_residual) -> (Tensor, Tensor, Tensor, Tensor)");
-  // Contract: fastattn/ops/attention.py (the Python ops minus `backend`).
+  // Contract: fastattn/ops/attention.py (the Python ops minus `backend`);
+  // the variant arguments: fastattn/ops/variants.py, KernelVariants (off by
+  // default; rel_per_row for packed sequences). The backward's fifth output
+  // is the score gradient summed per relative position, (Hq, 2 R + 1)
+  // float64, when rel_grad; (0,) otherwise.
   m.def(
       "attention_fwd_native(Tensor q, Tensor k, Tensor v, Tensor? attn_mask, "
       "Tensor? q_lengths, Tensor? kv_lengths, Tensor? seed, bool causal, float scale, "
-      "float dropout_p) -> (Tensor, Tensor)");
+      "float dropout_p, int window_left=-1, int window_right=-1, float softcap=0., "
+      "Tensor? alibi_slopes=None, Tensor? rel_table=None, Tensor? rel_buckets=None, "
+      "int rel_radius=0, bool rel_per_row=False) -> (Tensor, Tensor)");
   m.def(
       "attention_bwd_native(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, "
       "Tensor out, Tensor lse, Tensor? attn_mask, Tensor? q_lengths, Tensor? kv_lengths, "
-      "Tensor? seed, bool causal, float scale, float dropout_p, bool mask_grad) "
-      "-> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? seed, bool causal, float scale, float dropout_p, bool mask_grad, "
+      "int window_left=-1, int window_right=-1, float softcap=0., Tensor? alibi_slopes=None, "
+      "Tensor? rel_table=None, Tensor? rel_buckets=None, int rel_radius=0, "
+      "bool rel_per_row=False, bool rel_grad=False) "
+      "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 #ifndef TORCH_EXTENSION_NAME

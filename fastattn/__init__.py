@@ -10,6 +10,7 @@ from ._backends import backends
 from .ops.attention import attention
 from .ops.sdpa import scaled_dot_product_attention
 from .ops.attention_varlen import attention_varlen
+from .ops.variants import RelativePositionBias
 from .ops.padding import pad_input, unpad_input
 from .ops.norm import add_layer_norm, add_rms_norm, layer_norm, rms_norm
 from . import nn
@@ -33,6 +34,7 @@ __all__ = [
     "layer_norm",
     "nn",
     "pad_input",
+    "RelativePositionBias",
     "reference",
     "rms_norm",
     "scaled_dot_product_attention",

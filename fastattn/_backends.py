@@ -242,13 +242,20 @@ def _resolve(requested: str, family: str, device: torch.device, dtype, call_limi
 
     if requested == "auto":
         reasons = []
+        passed_over = []  # available backends whose call limits rule this call out
         for candidate in AUTO_ORDER.get(device.type, ("reference",)):
             why = why_not(candidate)
             if not why:
                 if candidate == "reference":
                     _warn_reference(family, device, dtype, reasons)
+                elif passed_over:
+                    _log.info_once(f"passed-over:{family}:{candidate}:{passed_over}",
+                                   "fastattn: %s on %s: auto passes over %s; %s serves it",
+                                   family, device.type, "; ".join(passed_over), candidate)
                 return candidate
             reasons.append(f"{candidate}: {why}")
+            if not unavailable_reason(candidate, family, device, dtype):
+                passed_over.append(f"{candidate} ({why})")
         _warn_reference(family, device, dtype, reasons)
         return "reference"
     why = why_not(requested)

@@ -37,6 +37,16 @@ def info(message: str, *args) -> None:
     log.info(message, *args)
 
 
+def info_once(cause: str, message: str, *args) -> None:
+    """INFO `message % args` the first time `cause` happens in this process:
+    a choice worth knowing that is not a slow path (auto passing over a
+    backend that cannot serve one call's features)."""
+    if _tracing() or cause in _warned:
+        return
+    _warned.add(cause)
+    log.info(message, *args)
+
+
 def debug_backend(op: str, backend: str) -> None:
     """DEBUG: which backend serves one call of `op`."""
     if not _tracing() and log.isEnabledFor(logging.DEBUG):

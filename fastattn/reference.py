@@ -294,26 +294,32 @@ def _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
 
 
 def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                      dropout_p, scale, seed=None, padded=None):
+                      dropout_p, scale, seed=None, padded=None,
+                      variants: Variants = NO_VARIANTS):
     """(out (total_q, Hq, D), lse (Hq, total_q)) of packed sequences, as the
     padded batch with per-row lengths: causal is bottom-right per sequence,
     and dropout draws the padded layout's mask (row (b * Hq + h) *
     max_seqlen_q + i), which is what the kernels draw for packed inputs.
     `padded` computes the padded batch's (out, lse) with _attention's
-    arguments (default: _attention itself; the cpu backend passes its
-    padded kernels)."""
+    arguments (default: _attention itself with `variants`, per sequence:
+    rel_per_row; the cpu backend passes its padded kernels)."""
     qp, kp, vp, ql, kl, pos_q, _ = _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k,
                                                   max_seqlen_q, max_seqlen_k)
-    out, lse = (padded or _attention)(qp, kp, vp, causal, None, ql, kl, dropout_p, scale, seed)
+    if padded is None:
+        def padded(*args):
+            return _attention(*args, variants=variants, rel_per_row=True)
+    out, lse = padded(qp, kp, vp, causal, None, ql, kl, dropout_p, scale, seed)
     lse_packed = _to_packed(lse.unsqueeze(-1), pos_q)[..., 0].transpose(0, 1)
     return _to_packed(out, pos_q), lse_packed
 
 
 def _attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                           max_seqlen_q, max_seqlen_k, causal, scale, dropout_p=0.0, seed=None,
-                          padded_bwd=None):
-    """(dq, dk, dv) of _attention_varlen by _attention_bwd (or `padded_bwd`,
-    same arguments) on the padded batch."""
+                          padded_bwd=None, variants: Variants = NO_VARIANTS):
+    """(dq, dk, dv, extra) of _attention_varlen by _attention_bwd (or
+    `padded_bwd`, same arguments) on the padded batch; extra is the padded
+    backward's fifth output (the rel_bias table's gradient for
+    _attention_bwd)."""
     qp, kp, vp, ql, kl, pos_q, pos_k = _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k,
                                                       max_seqlen_q, max_seqlen_k)
     B = qp.shape[0]
@@ -324,20 +330,26 @@ def _attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlen
     doutp = _to_padded(dout, pos_q, B, max_seqlen_q)
     dlsep = (None if dlse is None else
              _to_padded(dlse.transpose(0, 1).unsqueeze(-1), pos_q, B, max_seqlen_q)[..., 0])
-    grads = (padded_bwd or _attention_bwd)(doutp, dlsep, qp, kp, vp, outp, lsep, None, ql, kl,
-                                           causal, scale, dropout_p, seed)
-    dq, dk, dv = grads[:3]
-    return _to_packed(dq, pos_q), _to_packed(dk, pos_k), _to_packed(dv, pos_k)
+    if padded_bwd is None:
+        def padded_bwd(*args):
+            return _attention_bwd(*args, variants=variants, rel_per_row=True)
+    dq, dk, dv, _, extra = padded_bwd(doutp, dlsep, qp, kp, vp, outp, lsep, None, ql, kl,
+                                      causal, scale, dropout_p, seed)
+    return _to_packed(dq, pos_q), _to_packed(dk, pos_k), _to_packed(dv, pos_k), extra
 
 
 def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
                      cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
                      causal: bool = False, dropout_p: float = 0.0,
                      scale: Optional[float] = None, return_lse: bool = False,
-                     backend: str = "reference"):
-    """Packed sequences, each attended on its own; lse is (Hq, total_q)."""
+                     backend: str = "reference", window_size=(-1, -1), alibi_slopes=None,
+                     softcap: float = 0.0, rel_bias=None):
+    """Packed sequences, each attended on its own; lse is (Hq, total_q).
+    The variants apply per sequence (relative positions too)."""
+    variants = check_variants(q, cu_seqlens_q.numel() - 1, window_size, alibi_slopes, softcap,
+                              rel_bias)
     out, lse = _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                 max_seqlen_k, causal, dropout_p, scale)
+                                 max_seqlen_k, causal, dropout_p, scale, variants=variants)
     return (out, lse) if return_lse else out
 
 

@@ -7,6 +7,7 @@
 // [0, L], the mask with its broadcast strides, dropout constants) and
 // dispatches on the dtype. Kernels: attention_fwd.cpp, attention_bwd.cpp.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/isfinite.h>
 #include <ATen/ops/where.h>
 #include <c10/util/BFloat16.h>
@@ -14,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <optional>
 #include <type_traits>
@@ -40,17 +42,22 @@ std::vector<int64_t> clamped_lengths(const at::Tensor& t, int64_t batch, int64_t
   return out;
 }
 
+// How the kernels read a float tensor of this dtype (a mask, the rel table).
+tiles::MaskView::Kind kind_of(at::ScalarType dtype, const char* name) {
+  switch (dtype) {
+    case at::kBool: return tiles::MaskView::kBool;
+    case at::kFloat: return tiles::MaskView::kFloat;
+    case at::kDouble: return tiles::MaskView::kDouble;
+    case at::kHalf: return tiles::MaskView::kHalf;
+    case at::kBFloat16: return tiles::MaskView::kBFloat16;
+    default: TORCH_CHECK(false, name, ": unsupported dtype ", dtype);
+  }
+}
+
 tiles::MaskView mask_view(const at::Tensor& mask) {
   tiles::MaskView mv;
   if (!mask.defined()) return mv;
-  switch (mask.scalar_type()) {
-    case at::kBool: mv.kind = tiles::MaskView::kBool; break;
-    case at::kFloat: mv.kind = tiles::MaskView::kFloat; break;
-    case at::kDouble: mv.kind = tiles::MaskView::kDouble; break;
-    case at::kHalf: mv.kind = tiles::MaskView::kHalf; break;
-    case at::kBFloat16: mv.kind = tiles::MaskView::kBFloat16; break;
-    default: TORCH_CHECK(false, "attn_mask: unsupported dtype ", mask.scalar_type());
-  }
+  mv.kind = kind_of(mask.scalar_type(), "attn_mask");
   mv.ptr = mask.data_ptr();  // bool is one byte per element, read as uint8
   mv.sb = mask.stride(0);
   mv.sh = mask.stride(1);
@@ -67,6 +74,58 @@ DropoutCfg dropout_cfg(const std::optional<at::Tensor>& seed, double p) {
   cfg.thresh = dropout::threshold(p);
   cfg.scale = 1.0 / (1.0 - p);
   return cfg;
+}
+
+// The variant arguments (fastattn/ops/variants.py, KernelVariants) as the
+// kernels read them, checked so that no value can index out of bounds: the
+// native op may be called directly.
+ScoreMods score_mods(const attention_args::Inputs& in, int64_t window_left,
+                     int64_t window_right, double softcap,
+                     const std::optional<at::Tensor>& alibi_slopes,
+                     const std::optional<at::Tensor>& rel_table,
+                     const std::optional<at::Tensor>& rel_buckets, int64_t rel_radius,
+                     bool rel_per_row) {
+  ScoreMods mods;
+  TORCH_CHECK(window_left >= -1 && window_right >= -1,
+              "window_size must hold ints >= -1, got (", window_left, ", ", window_right, ")");
+  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0, "softcap must be finite and >= 0, got ",
+              softcap);
+  mods.win_left = window_left;
+  mods.win_right = window_right;
+  mods.softcap = softcap;
+  if (alibi_slopes.has_value()) {
+    const at::Tensor& a = *alibi_slopes;
+    TORCH_CHECK(a.scalar_type() == at::kFloat && a.dim() == 2 && a.is_contiguous() &&
+                    (a.size(0) == 1 || a.size(0) == in.B) && a.size(1) == in.Hq,
+                "alibi_slopes must be float32 contiguous (1 or B, Hq), got ", a.sizes());
+    mods.alibi = a.data_ptr<float>();
+    mods.alibi_sb = a.size(0) == 1 ? 0 : in.Hq;
+  }
+  TORCH_CHECK(rel_table.has_value() == rel_buckets.has_value(),
+              "rel_table and rel_buckets come together");
+  if (rel_table.has_value()) {
+    const at::Tensor& t = *rel_table;
+    const at::Tensor& bk = *rel_buckets;
+    TORCH_CHECK(t.dim() == 2 && t.size(1) == in.Hq && t.size(0) >= 1 && t.is_contiguous(),
+                "rel_table must be contiguous (num_buckets, Hq), got ", t.sizes());
+    TORCH_CHECK(rel_radius >= in.Lq + in.Lk, "rel_radius must be >= Lq + Lk, got ", rel_radius);
+    TORCH_CHECK(bk.scalar_type() == at::kInt && bk.dim() == 1 && bk.is_contiguous() &&
+                    bk.size(0) == 2 * rel_radius + 1,
+                "rel_buckets must be int32 contiguous (2 rel_radius + 1,), got ", bk.sizes());
+    if (bk.numel()) {
+      const auto [lo, hi] = std::minmax_element(bk.data_ptr<int32_t>(),
+                                                bk.data_ptr<int32_t>() + bk.numel());
+      TORCH_CHECK(*lo >= 0 && *hi < t.size(0), "rel_buckets must hold buckets in [0, ",
+                  t.size(0), "), got [", *lo, ", ", *hi, "]");
+    }
+    mods.rel_table = t.data_ptr();
+    TORCH_CHECK(t.is_floating_point(), "rel_table must be floating point, got ", t.scalar_type());
+    mods.rel_kind = kind_of(t.scalar_type(), "rel_table");
+    mods.rel_buckets = bk.data_ptr<int32_t>();
+    mods.rel_radius = rel_radius;
+    mods.rel_per_row = rel_per_row;
+  }
+  return mods;
 }
 
 Strides strides_of(const at::Tensor& t) { return {t.stride(0), t.stride(1), t.stride(2)}; }
@@ -95,14 +154,19 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(
     const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& q_lengths,
     const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& seed,
-    bool causal, double scale, double dropout_p) {
+    bool causal, double scale, double dropout_p, int64_t window_left, int64_t window_right,
+    double softcap, const std::optional<at::Tensor>& alibi_slopes,
+    const std::optional<at::Tensor>& rel_table, const std::optional<at::Tensor>& rel_buckets,
+    int64_t rel_radius, bool rel_per_row) {
   const attention_args::Inputs in =
       attention_args::inputs(q, k, v, attn_mask, q_lengths, kv_lengths, seed, dropout_p);
   // lse in float64: see FwdParams::lse (attention_cpu.h).
   auto [out, lse] = attention_args::fwd_outputs(in, at::kDouble);
   const std::vector<int64_t> q_len = clamped_lengths(in.q_lengths, in.B, in.Lq);
   const std::vector<int64_t> kv_len = clamped_lengths(in.kv_lengths, in.B, in.Lk);
-  const Problem pb = problem(in, q_len, kv_len, seed, causal, scale, dropout_p);
+  Problem pb = problem(in, q_len, kv_len, seed, causal, scale, dropout_p);
+  pb.mods = score_mods(in, window_left, window_right, softcap, alibi_slopes, rel_table,
+                       rel_buckets, rel_radius, rel_per_row);
   dispatch_float(in.q.scalar_type(), "attention_fwd_native", [&](auto tag) {
     using T = decltype(tag);
     FwdParams<T> p;
@@ -121,12 +185,15 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cpu(
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
     const at::Tensor& dout, const std::optional<at::Tensor>& dlse, const at::Tensor& q,
     const at::Tensor& k, const at::Tensor& v, const at::Tensor& out, const at::Tensor& lse,
     const std::optional<at::Tensor>& attn_mask, const std::optional<at::Tensor>& q_lengths,
     const std::optional<at::Tensor>& kv_lengths, const std::optional<at::Tensor>& seed,
-    bool causal, double scale, double dropout_p, bool mask_grad) {
+    bool causal, double scale, double dropout_p, bool mask_grad, int64_t window_left,
+    int64_t window_right, double softcap, const std::optional<at::Tensor>& alibi_slopes,
+    const std::optional<at::Tensor>& rel_table, const std::optional<at::Tensor>& rel_buckets,
+    int64_t rel_radius, bool rel_per_row, bool rel_grad) {
   const attention_args::Inputs in =
       attention_args::inputs(q, k, v, attn_mask, q_lengths, kv_lengths, seed, dropout_p);
   const attention_args::BwdExtras ex =
@@ -134,7 +201,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
   auto [dq, dk, dv, dbias] = attention_args::bwd_outputs(in, mask_grad);
   const std::vector<int64_t> q_len = clamped_lengths(in.q_lengths, in.B, in.Lq);
   const std::vector<int64_t> kv_len = clamped_lengths(in.kv_lengths, in.B, in.Lk);
-  const Problem pb = problem(in, q_len, kv_len, seed, causal, scale, dropout_p);
+  Problem pb = problem(in, q_len, kv_len, seed, causal, scale, dropout_p);
+  pb.mods = score_mods(in, window_left, window_right, softcap, alibi_slopes, rel_table,
+                       rel_buckets, rel_radius, rel_per_row);
+  // The table's gradient by relative position (KernelVariants), float64.
+  const at::Tensor drel = rel_grad && pb.mods.rel_table != nullptr
+                              ? at::empty({in.Hq, 2 * rel_radius + 1}, in.q.options().dtype(at::kDouble))
+                              : at::empty({0}, in.q.options());
 
   // dlse only where lse is finite: rows with lse = -inf have p = 0 and must
   // not pick up NaN from it. (The kernel forms delta_i = dout_i . out_i - dlse_i.)
@@ -174,9 +247,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_bwd_cpu(
     p.dqs = strides_of(dq);
     p.dks = strides_of(dk);
     p.dvs = strides_of(dv);
+    p.drel = drel.numel() ? drel.data_ptr<double>() : nullptr;
     attention_bwd_kernel<T>(p);
   });
-  return {dq, dk, dv, attention_args::reduce_mask_grad(dbias, attn_mask, in.q)};
+  return {dq, dk, dv, attention_args::reduce_mask_grad(dbias, attn_mask, in.q), drel};
 }
 
 }  // namespace

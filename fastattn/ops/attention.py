@@ -69,6 +69,8 @@ from torch import Tensor
 from .. import _backends, _checks, _log
 from . import _eager
 from ._eager import eager_ok, is_compiling, needs_grad
+from .variants import (NO_KERNEL_VARIANTS, KernelVariants, Variants, check_variants,
+                       rel_bias_grad)
 
 MIN_HEAD_DIM = 1
 MAX_HEAD_DIM = 256
@@ -77,11 +79,16 @@ LENGTH_DTYPES = (torch.int32, torch.int64)
 # ---------------------------------------------------------------- dispatch
 
 
-def pick_backend(requested: str, q: Tensor) -> str:
+def pick_backend(requested: str, q: Tensor, variants: Optional[Variants] = None) -> str:
     """The backend that serves this call: `auto` takes the first backend in
     the device's preference order that can; a named backend (argument or
     FASTATTN_BACKEND) that cannot raises ValueError saying why."""
-    return _backends.resolve(requested, "attention", q.device, q.dtype)
+    limits = None
+    if variants is not None and variants.any:
+        names = ", ".join(variants.names())
+        limits = lambda b: (f"the cuda kernels do not implement {names}"  # noqa: E731
+                            if b == "cuda" else "")
+    return _backends.resolve(requested, "attention", q.device, q.dtype, limits)
 
 
 def _like(t: Tensor, value: Tensor) -> Tensor:
@@ -90,21 +97,53 @@ def _like(t: Tensor, value: Tensor) -> Tensor:
     return torch.empty_like(t).copy_(value)
 
 
-def _reference_fwd(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p):
+def _reference_variants(kv: KernelVariants) -> Variants:
+    """The op's variant arguments as the reference takes them. The relative
+    bias reaches the op as a bucket lookup, which the reference does not
+    take: public calls with rel_bias run the reference outside the op
+    (_attention), so only a direct call of the op with it lands here."""
+    if kv.rel_table is not None:
+        raise NotImplementedError("fastattn::attention_fwd with backend='reference' takes no "
+                                  "rel_table; fastattn.reference.attention(rel_bias=...) does")
+    return Variants((kv.window_left, kv.window_right), kv.alibi_slopes, kv.softcap)
+
+
+def _reference_fwd(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p,
+                   kv=NO_KERNEL_VARIANTS):
     from .. import reference
     out, lse = reference._attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths,
-                                    dropout_p, scale, seed)
+                                    dropout_p, scale, seed, variants=_reference_variants(kv))
     return _like(q, out), lse.contiguous()
 
 
 def _reference_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed,
-                   causal, scale, dropout_p, mask_grad):
+                   causal, scale, dropout_p, mask_grad, kv=NO_KERNEL_VARIANTS):
     from .. import reference
     dq, dk, dv, dmask, _ = reference._attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask,
                                                     q_lengths, kv_lengths, causal, scale,
-                                                    dropout_p, seed, mask_grad)
+                                                    dropout_p, seed, mask_grad,
+                                                    variants=_reference_variants(kv))
     dmask = _like(attn_mask, dmask) if mask_grad else q.new_empty((0,))
-    return _like(q, dq), _like(k, dk), _like(v, dv), dmask
+    return _like(q, dq), _like(k, dk), _like(v, dv), dmask, q.new_empty((0,))
+
+
+def kernel_args(kv: KernelVariants) -> tuple:
+    """KernelVariants as the ops' flat arguments (their schema's order)."""
+    return (kv.window_left, kv.window_right, kv.softcap, kv.alibi_slopes, kv.rel_table,
+            kv.rel_buckets, kv.rel_radius)
+
+
+def kernel_variants(window_left, window_right, softcap, alibi_slopes, rel_table, rel_buckets,
+                    rel_radius) -> KernelVariants:
+    """The ops' flat variant arguments as a KernelVariants."""
+    return KernelVariants(window_left, window_right, alibi_slopes, softcap, rel_table,
+                          rel_buckets, rel_radius)
+
+
+def drel_dtype(dtype: torch.dtype, backend: str) -> torch.dtype:
+    """dtype of the backward's score-gradient sums per relative position:
+    float64 on the cpu backend and for float64 inputs, float32 otherwise."""
+    return torch.float64 if backend == "cpu" or dtype == torch.float64 else torch.float32
 
 
 # The cuda kernels take head dims in multiples of CUDA_HEAD_DIM_STEP; others
@@ -122,45 +161,52 @@ def _pad_last(t: Optional[Tensor], pad: int) -> Optional[Tensor]:
 
 
 def _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p,
-             deterministic=False):
+             deterministic=False, kv=NO_KERNEL_VARIANTS):
     if backend == "cuda" and _cuda_head_dim_pad(q.shape[-1]):
         pad = _cuda_head_dim_pad(q.shape[-1])
         out, lse = torch.ops.fastattn.attention_fwd_native(
             _pad_last(q, pad), _pad_last(k, pad), _pad_last(v, pad), attn_mask, q_lengths,
-            kv_lengths, seed, causal, scale, dropout_p)
+            kv_lengths, seed, causal, scale, dropout_p, *kernel_args(kv))
         return _like(q, out[..., :q.shape[-1]]), lse
     if backend == "triton":
         from ..triton import attention as triton_attention
         return triton_attention.attention_fwd(q, k, v, attn_mask, q_lengths, kv_lengths,
-                                              seed, causal, scale, dropout_p, deterministic)
+                                              seed, causal, scale, dropout_p, deterministic,
+                                              kv if kv.any else None)
     if backend == "reference":
         return _reference_fwd(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
-                              dropout_p)
+                              dropout_p, kv)
     return torch.ops.fastattn.attention_fwd_native(q, k, v, attn_mask, q_lengths, kv_lengths,
-                                                   seed, causal, scale, dropout_p)
+                                                   seed, causal, scale, dropout_p,
+                                                   *kernel_args(kv))
 
 
 def _run_bwd(backend, dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed,
-             causal, scale, dropout_p, mask_grad, deterministic=False):
+             causal, scale, dropout_p, mask_grad, deterministic=False, kv=NO_KERNEL_VARIANTS,
+             rel_grad=False):
+    """(dq, dk, dv, dmask, drel) on every backend; drel is (0,) unless rel_grad."""
     if backend == "cuda" and _cuda_head_dim_pad(q.shape[-1]):
         pad = _cuda_head_dim_pad(q.shape[-1])
-        dq, dk, dv, dmask = torch.ops.fastattn.attention_bwd_native(
+        dq, dk, dv, dmask, drel = torch.ops.fastattn.attention_bwd_native(
             _pad_last(dout, pad), dlse, _pad_last(q, pad), _pad_last(k, pad), _pad_last(v, pad),
             _pad_last(out, pad), lse, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
-            dropout_p, mask_grad)
+            dropout_p, mask_grad, *kernel_args(kv), False, rel_grad)
         D = q.shape[-1]
-        return _like(q, dq[..., :D]), _like(k, dk[..., :D]), _like(v, dv[..., :D]), dmask
+        return _like(q, dq[..., :D]), _like(k, dk[..., :D]), _like(v, dv[..., :D]), dmask, drel
     if backend == "triton":
         from ..triton import attention as triton_attention
-        return triton_attention.attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask,
-                                              q_lengths, kv_lengths, seed, causal, scale,
-                                              dropout_p, mask_grad, deterministic)
+        grads = triton_attention.attention_bwd(dout, dlse, q, k, v, out, lse, attn_mask,
+                                               q_lengths, kv_lengths, seed, causal, scale,
+                                               dropout_p, mask_grad, deterministic,
+                                               kv if kv.any else None, rel_grad)
+        return grads if kv.any else (*grads, q.new_empty((0,)))
     if backend == "reference":
         return _reference_bwd(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths,
-                              seed, causal, scale, dropout_p, mask_grad)
+                              seed, causal, scale, dropout_p, mask_grad, kv)
     return torch.ops.fastattn.attention_bwd_native(dout, dlse, q, k, v, out, lse, attn_mask,
                                                    q_lengths, kv_lengths, seed, causal, scale,
-                                                   dropout_p, mask_grad)
+                                                   dropout_p, mask_grad, *kernel_args(kv),
+                                                   False, rel_grad)
 
 
 # ------------------------------------------------------------ registration
@@ -182,14 +228,20 @@ def lse_dtype(dtype: torch.dtype, backend: str) -> torch.dtype:
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, attn_mask: Optional[Tensor],
                   q_lengths: Optional[Tensor], kv_lengths: Optional[Tensor],
                   seed: Optional[Tensor], causal: bool, scale: float, dropout_p: float,
-                  backend: str, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+                  backend: str, deterministic: bool = False, window_left: int = -1,
+                  window_right: int = -1, softcap: float = 0.0,
+                  alibi_slopes: Optional[Tensor] = None, rel_table: Optional[Tensor] = None,
+                  rel_buckets: Optional[Tensor] = None,
+                  rel_radius: int = 0) -> tuple[Tensor, Tensor]:
+    kv = kernel_variants(window_left, window_right, softcap, alibi_slopes, rel_table,
+                         rel_buckets, rel_radius)
     return _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
-                    dropout_p, deterministic)
+                    dropout_p, deterministic, kv)
 
 
 @attention_fwd.register_fake
 def _(q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p, backend,
-      deterministic=False):
+      deterministic=False, *variant_args):
     B, Hq, Lq, _ = q.shape
     return torch.empty_like(q), q.new_empty((B, Hq, Lq), dtype=lse_dtype(q.dtype, backend))
 
@@ -199,43 +251,70 @@ def attention_bwd(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Tensor, v:
                   out: Tensor, lse: Tensor, attn_mask: Optional[Tensor],
                   q_lengths: Optional[Tensor], kv_lengths: Optional[Tensor],
                   seed: Optional[Tensor], causal: bool, scale: float, dropout_p: float,
-                  mask_grad: bool, backend: str,
-                  deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  mask_grad: bool, backend: str, deterministic: bool = False,
+                  window_left: int = -1, window_right: int = -1, softcap: float = 0.0,
+                  alibi_slopes: Optional[Tensor] = None, rel_table: Optional[Tensor] = None,
+                  rel_buckets: Optional[Tensor] = None, rel_radius: int = 0,
+                  rel_grad: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    kv = kernel_variants(window_left, window_right, softcap, alibi_slopes, rel_table,
+                         rel_buckets, rel_radius)
     return _run_bwd(backend, dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths,
-                    seed, causal, scale, dropout_p, mask_grad, deterministic)
+                    seed, causal, scale, dropout_p, mask_grad, deterministic, kv, rel_grad)
 
 
 @attention_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
-      dropout_p, mask_grad, backend, deterministic=False):
+      dropout_p, mask_grad, backend, deterministic=False, window_left=-1, window_right=-1,
+      softcap=0.0, alibi_slopes=None, rel_table=None, rel_buckets=None, rel_radius=0,
+      rel_grad=False):
     dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad else q.new_empty((0,))
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask
+    drel = (q.new_empty((q.shape[1], 2 * rel_radius + 1), dtype=drel_dtype(q.dtype, backend))
+            if rel_grad and rel_table is not None else q.new_empty((0,)))
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask, drel
+
+
+# Inputs of attention_fwd: where the mask and the relative-bias table are.
+_MASK_INPUT = 3
+_TABLE_INPUT = 16
+_NUM_INPUTS = 19
 
 
 def _setup_context(ctx, inputs, output):
     (q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p, backend,
-     deterministic) = inputs
+     deterministic, *variant_args) = inputs
+    kv = kernel_variants(*variant_args) if variant_args else NO_KERNEL_VARIANTS
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed)
+    ctx.save_for_backward(q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed,
+                          kv.alibi_slopes, kv.rel_table, kv.rel_buckets)
     ctx.config = (causal, scale, dropout_p, backend, deterministic)
+    ctx.window_softcap_radius = (kv.window_left, kv.window_right, kv.softcap, kv.rel_radius)
 
 
 def _backward(ctx, dout, dlse, bwd=None):
     """Autograd of attention_fwd; `bwd` replaces the attention_bwd op (same
-    arguments) on the eager path."""
-    q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed = ctx.saved_tensors
+    arguments) on the eager path. The relative-bias table's gradient is the
+    kernels' score gradient summed per relative position, reduced per bucket
+    (variants.rel_bias_grad)."""
+    (q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed, alibi, table,
+     buckets) = ctx.saved_tensors
     causal, scale, dropout_p, backend, deterministic = ctx.config
+    left, right, softcap, radius = ctx.window_softcap_radius
     mask_grad = (attn_mask is not None and attn_mask.is_floating_point()
-                 and ctx.needs_input_grad[3])
+                 and ctx.needs_input_grad[_MASK_INPUT])
+    rel_grad = (table is not None and len(ctx.needs_input_grad) > _TABLE_INPUT
+                and ctx.needs_input_grad[_TABLE_INPUT])
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     if dlse is not None:
         dlse = dlse.contiguous()
-    dq, dk, dv, dmask = (bwd or attention_bwd)(dout, dlse, q, k, v, out, lse, attn_mask,
-                                               q_lengths, kv_lengths, seed, causal, scale,
-                                               dropout_p, mask_grad, backend, deterministic)
-    return (dq, dk, dv, dmask if mask_grad else None,
-            None, None, None, None, None, None, None, None)
+    dq, dk, dv, dmask, drel = (bwd or attention_bwd)(
+        dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
+        dropout_p, mask_grad, backend, deterministic, left, right, softcap, alibi, table,
+        buckets, radius, rel_grad)
+    grads = [dq, dk, dv, dmask if mask_grad else None] + [None] * (_NUM_INPUTS - 4)
+    if rel_grad:
+        grads[_TABLE_INPUT] = rel_bias_grad(drel, buckets, table.shape[0]).to(table.dtype)
+    return tuple(grads[:len(ctx.needs_input_grad)])
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -243,17 +322,23 @@ attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 def _bwd_direct(*args):
     """attention_bwd's arguments, straight to the backend (no op layer)."""
-    *rest, backend, deterministic = args
-    return _run_bwd(backend, *rest, deterministic)
+    (dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed, causal, scale,
+     dropout_p, mask_grad, backend, deterministic, *variant_args, rel_grad) = args
+    return _run_bwd(backend, dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths,
+                    seed, causal, scale, dropout_p, mask_grad, deterministic,
+                    kernel_variants(*variant_args), rel_grad)
 
 
 class _AttentionFunction(torch.autograd.Function):
     """attention_fwd and its registered autograd, minus the op layer: the
-    eager training path (fastattn/ops/_eager.py)."""
+    eager training path (fastattn/ops/_eager.py). Inputs: attention_fwd's."""
 
     @staticmethod
     def forward(ctx, *inputs):
-        out, lse = _run_fwd(inputs[-2], *inputs[:-2], inputs[-1])
+        (q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal, scale, dropout_p, backend,
+         deterministic, *variant_args) = inputs
+        out, lse = _run_fwd(backend, q, k, v, attn_mask, q_lengths, kv_lengths, seed, causal,
+                            scale, dropout_p, deterministic, kernel_variants(*variant_args))
         _setup_context(ctx, inputs, (out, lse))
         return out, lse
 
@@ -357,11 +442,21 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _variants_off(window_size, alibi_slopes, softcap, rel_bias) -> bool:
+    """No variant asked for (what the compiled fast path serves)."""
+    return (alibi_slopes is None and rel_bias is None and isinstance(softcap, (int, float))
+            and softcap == 0 and window_size == NO_WINDOW)
+
+
+NO_WINDOW = (-1, -1)
+
+
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
               attn_mask: Optional[Tensor] = None, q_lengths: Optional[Tensor] = None,
               kv_lengths: Optional[Tensor] = None, dropout_p: float = 0.0,
               scale: Optional[float] = None, return_lse: bool = False,
-              backend: str = "auto", deterministic: bool = False):
+              backend: str = "auto", deterministic: bool = False, window_size=NO_WINDOW,
+              alibi_slopes: Optional[Tensor] = None, softcap: float = 0.0, rel_bias=None):
     """Softmax attention, memory linear in the sequence lengths.
 
     q (B, Hq, Lq, D); k, v (B, Hkv, Lk, D) with Hq % Hkv == 0. Returns out
@@ -371,38 +466,43 @@ def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
     bias broadcastable to (B, Hq, Lq, Lk); q_lengths/kv_lengths (B,) mark
     the valid prefix of each batch row. deterministic=True (or
     torch.use_deterministic_algorithms(True)) makes results bitwise
-    reproducible across processes too (module docstring). See API.md for
-    the full contract.
+    reproducible across processes too (module docstring). window_size,
+    alibi_slopes, softcap and rel_bias (a fastattn.RelativePositionBias):
+    fastattn/ops/variants.py. See API.md for the full contract.
     """
-    if not is_compiling():  # the compiled fast path (_eager.py)
+    if not is_compiling() and _variants_off(window_size, alibi_slopes, softcap, rel_bias):
         out = _eager.fast.attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths,
                                     dropout_p, scale, return_lse, backend, deterministic, True)
-        if out is not NotImplemented:
+        if out is not NotImplemented:  # the compiled fast path (_eager.py)
             return out
     return _frontend(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale,
-                     return_lse, backend, deterministic, check_length_values=True)
+                     return_lse, backend, deterministic, True, window_size, alibi_slopes,
+                     softcap, rel_bias)
 
 
 def attention_with_own_lengths(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,
                                attn_mask: Optional[Tensor] = None,
                                q_lengths: Optional[Tensor] = None,
                                kv_lengths: Optional[Tensor] = None, dropout_p: float = 0.0,
-                               scale: Optional[float] = None, backend: str = "auto") -> Tensor:
+                               scale: Optional[float] = None, backend: str = "auto",
+                               window_size=NO_WINDOW, alibi_slopes: Optional[Tensor] = None,
+                               softcap: float = 0.0, rel_bias=None) -> Tensor:
     """attention() for fastattn's own modules and integrations, whose lengths
     they derive from a padding mask themselves (always in range): every
     check but reading the lengths' values, which on a GPU is a device sync
     in every layer. (The kernels clamp lengths whatever they hold.)"""
-    if not is_compiling():  # the compiled fast path (_eager.py)
+    if not is_compiling() and _variants_off(window_size, alibi_slopes, softcap, rel_bias):
         out = _eager.fast.attention(q, k, v, causal, attn_mask, q_lengths, kv_lengths,
                                     dropout_p, scale, False, backend, False, False)
-        if out is not NotImplemented:
+        if out is not NotImplemented:  # the compiled fast path (_eager.py)
             return out
     return _frontend(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale,
-                     False, backend, False, check_length_values=False)
+                     False, backend, False, False, window_size, alibi_slopes, softcap, rel_bias)
 
 
 def _frontend(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scale, return_lse,
-              backend, deterministic, check_length_values: bool):
+              backend, deterministic, check_length_values: bool, window_size=NO_WINDOW,
+              alibi_slopes=None, softcap=0.0, rel_bias=None):
     """The checks of attention(), the backend choice, then the call."""
     _check_qkv(q, k, v)
     B, Hq, Lq, D = q.shape
@@ -415,10 +515,11 @@ def _frontend(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scal
     dropout_p = _checks.check_probability("dropout_p", dropout_p)
     scale = _checks.check_scale(scale, D)
     deterministic = deterministic_mode(deterministic)
-    chosen = pick_backend(backend, q)
+    variants = check_variants(q, B, window_size, alibi_slopes, softcap, rel_bias)
+    chosen = pick_backend(backend, q, variants)
     _log.debug_backend("attention", chosen)
     return _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale,
-                      return_lse, chosen, deterministic)
+                      return_lse, chosen, deterministic, variants)
 
 
 def deterministic_mode(deterministic) -> bool:
@@ -428,24 +529,28 @@ def deterministic_mode(deterministic) -> bool:
 
 
 def _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale, return_lse,
-               chosen, deterministic=False):
+               chosen, deterministic=False, variants: Optional[Variants] = None):
     """attention() after its checks; mask4 is the mask's 4-D view."""
     if chosen == "reference":
         from .. import reference
-        return reference.attention(q, k, v, causal=causal, attn_mask=mask4,
-                                   q_lengths=q_lengths, kv_lengths=kv_lengths,
-                                   dropout_p=dropout_p, scale=scale, return_lse=return_lse)
+        out, lse = reference._attention(q, k, v, causal, mask4, q_lengths, kv_lengths,
+                                        dropout_p, scale, variants=variants or Variants())
+        return (out, lse) if return_lse else out
 
     from .. import _rng
     seed = _rng.draw_seed(q.device) if dropout_p > 0 else None
+    kv = (KernelVariants.of(variants, q.shape[2], k.shape[2], q.device)
+          if variants is not None and variants.any else NO_KERNEL_VARIANTS)
+    table = kv.rel_table
     args = (_last_dim_contiguous(q), _last_dim_contiguous(k), _last_dim_contiguous(v), mask4,
-            q_lengths, kv_lengths, seed, causal, scale, dropout_p)
-    if not eager_ok(q, k, v, mask4):
-        out, lse = attention_fwd(*args, chosen, deterministic)
-    elif needs_grad(q, k, v, mask4):  # the op's autograd without its layer (_eager.py)
-        out, lse = _AttentionFunction.apply(*args, chosen, deterministic)
+            q_lengths, kv_lengths, seed, causal, scale, dropout_p, chosen, deterministic,
+            *kernel_args(kv))
+    if not eager_ok(q, k, v, mask4, *(t for t in (kv.alibi_slopes, table) if t is not None)):
+        out, lse = attention_fwd(*args)
+    elif needs_grad(q, k, v, mask4, table):  # the op's autograd without its layer (_eager.py)
+        out, lse = _AttentionFunction.apply(*args)
     else:  # inference: the backend itself
-        out, lse = _run_fwd(chosen, *args, deterministic)
+        out, lse = _run_fwd(chosen, *args[:10], deterministic, kv)
     if not return_lse:
         return out
     return out, lse.to(public_lse_dtype(q.dtype))

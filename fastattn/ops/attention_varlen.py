@@ -39,15 +39,18 @@ from torch import Tensor
 from .. import _backends, _checks, _log
 from . import _eager
 from ._eager import is_compiling
-from .attention import _check_qkv, _values_checkable, deterministic_mode, public_lse_dtype
+from .attention import (NO_WINDOW, _check_qkv, _values_checkable, _variants_off,
+                        deterministic_mode, kernel_args, kernel_variants, public_lse_dtype)
+from .attention import pick_backend as _pick_attention_backend
+from .variants import NO_KERNEL_VARIANTS, KernelVariants, check_variants, rel_bias_grad
 
 VARLEN_BACKENDS = ("triton", "cpu", "reference")
 
 
-def pick_backend(requested: str, q: Tensor) -> str:
+def pick_backend(requested: str, q: Tensor, variants=None) -> str:
     """One of VARLEN_BACKENDS. A backend named by the argument that has no
     varlen path raises ValueError; one from FASTATTN_BACKEND falls back."""
-    chosen = _backends.resolve(requested, "attention", q.device, q.dtype)
+    chosen = _pick_attention_backend(requested, q, variants)
     if chosen in VARLEN_BACKENDS:
         return chosen
     if requested != "auto":
@@ -61,43 +64,67 @@ def pick_backend(requested: str, q: Tensor) -> str:
 
 
 def _run_fwd(backend, q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dropout_p,
-             deterministic):
+             deterministic, kv: KernelVariants = NO_KERNEL_VARIANTS):
     if backend == "triton":
         from ..triton import attention as triton_attention
         return triton_attention.attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, seed,
-                                                     causal, scale, dropout_p, deterministic)
+                                                     causal, scale, dropout_p, deterministic,
+                                                     kv if kv.any else None)
     from .. import reference
-    out, lse = reference._attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal,
-                                           dropout_p, scale, seed,
-                                           padded=_native_padded if backend == "cpu" else None)
+    if backend == "cpu":
+        out, lse = reference._attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal,
+                                               dropout_p, scale, seed, padded=_native_padded(kv))
+    else:
+        out, lse = reference._attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal,
+                                               dropout_p, scale, seed,
+                                               variants=_reference_variants(kv))
     return torch.empty_like(q).copy_(out), lse.to(public_lse_dtype(q.dtype)).contiguous()
 
 
-# The cpu backend's padded kernels with reference._attention's arguments.
-def _native_padded(q, k, v, causal, mask, q_lengths, kv_lengths, dropout_p, scale, seed):
-    return torch.ops.fastattn.attention_fwd_native(q, k, v, mask, q_lengths, kv_lengths, seed,
-                                                   causal, scale, dropout_p)
+def _reference_variants(kv: KernelVariants):
+    from .attention import _reference_variants as variants_of
+    return variants_of(kv)
 
 
-def _native_padded_bwd(dout, dlse, q, k, v, out, lse, mask, q_lengths, kv_lengths, causal,
-                       scale, dropout_p, seed):
-    return torch.ops.fastattn.attention_bwd_native(dout, dlse, q, k, v, out, lse, mask,
-                                                   q_lengths, kv_lengths, seed, causal, scale,
-                                                   dropout_p, False)
+# The cpu backend's padded kernels with reference._attention's arguments;
+# the variants per sequence (rel_per_row).
+def _native_padded(kv: KernelVariants):
+    def fwd(q, k, v, causal, mask, q_lengths, kv_lengths, dropout_p, scale, seed):
+        return torch.ops.fastattn.attention_fwd_native(q, k, v, mask, q_lengths, kv_lengths,
+                                                       seed, causal, scale, dropout_p,
+                                                       *kernel_args(kv), True)
+    return fwd
+
+
+def _native_padded_bwd(kv: KernelVariants, rel_grad: bool):
+    def bwd(dout, dlse, q, k, v, out, lse, mask, q_lengths, kv_lengths, causal, scale,
+            dropout_p, seed):
+        return torch.ops.fastattn.attention_bwd_native(dout, dlse, q, k, v, out, lse, mask,
+                                                       q_lengths, kv_lengths, seed, causal,
+                                                       scale, dropout_p, False,
+                                                       *kernel_args(kv), True, rel_grad)
+    return bwd
 
 
 @torch.library.custom_op("fastattn::attention_varlen_fwd", mutates_args=())
 def attention_varlen_fwd(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
                          cu_seqlens_k: Tensor, seed: Optional[Tensor], max_seqlen_q: int,
                          max_seqlen_k: int, causal: bool, scale: float, dropout_p: float,
-                         backend: str, deterministic: bool = False) -> tuple[Tensor, Tensor]:
+                         backend: str, deterministic: bool = False, window_left: int = -1,
+                         window_right: int = -1, softcap: float = 0.0,
+                         alibi_slopes: Optional[Tensor] = None,
+                         rel_table: Optional[Tensor] = None,
+                         rel_buckets: Optional[Tensor] = None,
+                         rel_radius: int = 0) -> tuple[Tensor, Tensor]:
+    kv = kernel_variants(window_left, window_right, softcap, alibi_slopes, rel_table,
+                         rel_buckets, rel_radius)
     return _run_fwd(backend, q, k, v, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q,
-                    max_seqlen_k, causal, scale, dropout_p, deterministic)
+                    max_seqlen_k, causal, scale, dropout_p, deterministic, kv)
 
 
 @attention_varlen_fwd.register_fake
 def _(q, k, v, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q, max_seqlen_k, causal, scale,
-      dropout_p, backend, deterministic=False):
+      dropout_p, backend, deterministic=False, *variant_args):
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]),
                                             dtype=public_lse_dtype(q.dtype))
 
@@ -107,43 +134,77 @@ def attention_varlen_bwd(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Ten
                          out: Tensor, lse: Tensor, cu_seqlens_q: Tensor, cu_seqlens_k: Tensor,
                          seed: Optional[Tensor], max_seqlen_q: int, max_seqlen_k: int,
                          causal: bool, scale: float, dropout_p: float,
-                         backend: str,
-                         deterministic: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                         backend: str, deterministic: bool = False, window_left: int = -1,
+                         window_right: int = -1, softcap: float = 0.0,
+                         alibi_slopes: Optional[Tensor] = None,
+                         rel_table: Optional[Tensor] = None,
+                         rel_buckets: Optional[Tensor] = None, rel_radius: int = 0,
+                         rel_grad: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk, dv, drel); drel as for fastattn::attention_bwd."""
+    kv = kernel_variants(window_left, window_right, softcap, alibi_slopes, rel_table,
+                         rel_buckets, rel_radius)
     if backend == "triton":
         from ..triton import attention as triton_attention
-        return triton_attention.attention_varlen_bwd(dout, dlse, q, k, v, out, lse,
-                                                     cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-                                                     max_seqlen_k, seed, causal, scale,
-                                                     dropout_p, deterministic)
+        grads = triton_attention.attention_varlen_bwd(dout, dlse, q, k, v, out, lse,
+                                                      cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+                                                      max_seqlen_k, seed, causal, scale,
+                                                      dropout_p, deterministic,
+                                                      kv if kv.any else None, rel_grad)
+        return grads if kv.any else (*grads, q.new_empty((0,)))
     from .. import reference
-    grads = reference._attention_varlen_bwd(
-        dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-        causal, scale, dropout_p, seed,
-        padded_bwd=_native_padded_bwd if backend == "cpu" else None)
-    return tuple(torch.empty_like(t).copy_(g) for t, g in zip((q, k, v), grads))
+    args = (dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
+            max_seqlen_k, causal, scale, dropout_p, seed)
+    if backend == "cpu":
+        dq, dk, dv, drel = reference._attention_varlen_bwd(
+            *args, padded_bwd=_native_padded_bwd(kv, rel_grad))
+    else:
+        dq, dk, dv, _ = reference._attention_varlen_bwd(*args, variants=_reference_variants(kv))
+        drel = q.new_empty((0,))
+    return (*(torch.empty_like(t).copy_(g) for t, g in zip((q, k, v), (dq, dk, dv))), drel)
 
 
 @attention_varlen_bwd.register_fake
 def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q,
-      max_seqlen_k, causal, scale, dropout_p, backend, deterministic=False):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+      max_seqlen_k, causal, scale, dropout_p, backend, deterministic=False, window_left=-1,
+      window_right=-1, softcap=0.0, alibi_slopes=None, rel_table=None, rel_buckets=None,
+      rel_radius=0, rel_grad=False):
+    from .attention import drel_dtype
+    drel = (q.new_empty((q.shape[1], 2 * rel_radius + 1), dtype=drel_dtype(q.dtype, backend))
+            if rel_grad and rel_table is not None else q.new_empty((0,)))
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), drel
+
+
+# Inputs of attention_varlen_fwd: where the relative-bias table is.
+_TABLE_INPUT = 17
+_NUM_INPUTS = 20
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dropout_p, backend, det = inputs
-    ctx.save_for_backward(q, k, v, output[0], output[1], cu_q, cu_k, seed)
+    (q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dropout_p, backend, det,
+     *variant_args) = inputs
+    kv = kernel_variants(*variant_args) if variant_args else NO_KERNEL_VARIANTS
+    ctx.save_for_backward(q, k, v, output[0], output[1], cu_q, cu_k, seed, kv.alibi_slopes,
+                          kv.rel_table, kv.rel_buckets)
     ctx.config = (max_q, max_k, causal, scale, dropout_p, backend, det)
+    ctx.window_softcap_radius = (kv.window_left, kv.window_right, kv.softcap, kv.rel_radius)
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse, cu_q, cu_k, seed = ctx.saved_tensors
+    q, k, v, out, lse, cu_q, cu_k, seed, alibi, table, buckets = ctx.saved_tensors
+    left, right, softcap, radius = ctx.window_softcap_radius
+    rel_grad = (table is not None and len(ctx.needs_input_grad) > _TABLE_INPUT
+                and ctx.needs_input_grad[_TABLE_INPUT])
     if dout.stride(-1) != 1:
         dout = dout.contiguous()
     if dlse is not None:
         dlse = dlse.contiguous()
-    dq, dk, dv = attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_q, cu_k, seed,
-                                      *ctx.config)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+    dq, dk, dv, drel = attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_q, cu_k, seed,
+                                            *ctx.config, left, right, softcap, alibi, table,
+                                            buckets, radius, rel_grad)
+    grads = [dq, dk, dv] + [None] * (_NUM_INPUTS - 3)
+    if rel_grad:
+        grads[_TABLE_INPUT] = rel_bias_grad(drel, buckets, table.shape[0]).to(table.dtype)
+    return tuple(grads[:len(ctx.needs_input_grad)])
 
 
 attention_varlen_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -191,41 +252,49 @@ def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
                      cu_seqlens_k: Tensor, max_seqlen_q: int, max_seqlen_k: int, *,
                      causal: bool = False, dropout_p: float = 0.0,
                      scale: Optional[float] = None, return_lse: bool = False,
-                     backend: str = "auto", deterministic: bool = False):
+                     backend: str = "auto", deterministic: bool = False,
+                     window_size=NO_WINDOW, alibi_slopes: Optional[Tensor] = None,
+                     softcap: float = 0.0, rel_bias=None):
     """Attention over packed sequences (no padding): q (total_q, Hq, D),
     k/v (total_k, Hkv, D), cu_seqlens_* int32 (batch + 1,) prefix sums.
     Returns out (total_q, Hq, D), and lse (Hq, total_q) when return_lse.
-    deterministic as for attention()."""
-    if not is_compiling():  # the compiled fast path (_eager.py)
+    deterministic as for attention(); the variants as for attention(), per
+    sequence (alibi_slopes (B, Hq): one row per sequence)."""
+    if not is_compiling() and _variants_off(window_size, alibi_slopes, softcap, rel_bias):
         out = _eager.fast.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                            max_seqlen_k, causal, dropout_p, scale, return_lse,
                                            backend, deterministic)
-        if out is not NotImplemented:
+        if out is not NotImplemented:  # the compiled fast path (_eager.py)
             return out
     return _frontend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                     dropout_p, scale, return_lse, backend, deterministic, check_values=True)
+                     dropout_p, scale, return_lse, backend, deterministic, True, window_size,
+                     alibi_slopes, softcap, rel_bias)
 
 
 def attention_varlen_with_own_seqlens(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,
                                       cu_seqlens_k: Tensor, max_seqlen_q: int,
                                       max_seqlen_k: int, *, causal: bool = False,
                                       dropout_p: float = 0.0, scale: Optional[float] = None,
-                                      backend: str = "auto") -> Tensor:
+                                      backend: str = "auto", window_size=NO_WINDOW,
+                                      alibi_slopes: Optional[Tensor] = None,
+                                      softcap: float = 0.0, rel_bias=None) -> Tensor:
     """attention_varlen() for fastattn's own integrations, which pack the
     sequences themselves (swap_modules(unpad=True)): every check but reading
     cu_seqlens' values (a device sync in every layer on a GPU)."""
-    if not is_compiling():  # the compiled fast path (_eager.py; it reads them on CPU)
+    if not is_compiling() and _variants_off(window_size, alibi_slopes, softcap, rel_bias):
         out = _eager.fast.attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
                                            max_seqlen_k, causal, dropout_p, scale, False,
                                            backend, False)
-        if out is not NotImplemented:
+        if out is not NotImplemented:  # the compiled fast path (_eager.py; it reads them on CPU)
             return out
     return _frontend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                     dropout_p, scale, False, backend, False, check_values=False)
+                     dropout_p, scale, False, backend, False, False, window_size, alibi_slopes,
+                     softcap, rel_bias)
 
 
 def _frontend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-              dropout_p, scale, return_lse, backend, deterministic, check_values: bool):
+              dropout_p, scale, return_lse, backend, deterministic, check_values: bool,
+              window_size=NO_WINDOW, alibi_slopes=None, softcap=0.0, rel_bias=None):
     _check_qkv(q, k, v, packed=True)
     max_seqlen_q = _check_max("max_seqlen_q", max_seqlen_q)
     max_seqlen_k = _check_max("max_seqlen_k", max_seqlen_k)
@@ -239,13 +308,24 @@ def _frontend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, c
     dropout_p = _checks.check_probability("dropout_p", dropout_p)
     scale = _checks.check_scale(scale, q.shape[2])
     deterministic = deterministic_mode(deterministic)
-    chosen = pick_backend(backend, q)
+    variants = check_variants(q, cu_seqlens_q.numel() - 1, window_size, alibi_slopes, softcap,
+                              rel_bias)
+    chosen = pick_backend(backend, q, variants)
     _log.debug_backend("attention_varlen", chosen)
 
     from .. import _rng
     seed = _rng.draw_seed(q.device) if dropout_p > 0 else None
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    if chosen == "reference" and variants.any:
+        # plain PyTorch with autograd: the reference computes T5's buckets itself
+        from .. import reference
+        out, lse = reference._attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k,
+                                               max_seqlen_q, max_seqlen_k, causal, dropout_p,
+                                               scale, seed, variants=variants)
+        return (out, lse) if return_lse else out
+    kv = (KernelVariants.of(variants, max_seqlen_q, max_seqlen_k, q.device) if variants.any
+          else NO_KERNEL_VARIANTS)
     out, lse = attention_varlen_fwd(q, k, v, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q,
                                     max_seqlen_k, causal, scale, dropout_p, chosen,
-                                    deterministic)
+                                    deterministic, *kernel_args(kv))
     return (out, lse) if return_lse else out

@@ -169,7 +169,8 @@ def check_variants(q: Tensor, batch: int, window_size, alibi_slopes, softcap,
         slopes = alibi_slopes.reshape(-1, hq).contiguous()
     if not _checks.is_real(softcap):
         raise TypeError(f"softcap must be a float, got {type(softcap).__name__}")
-    if not _checks.is_symbolic(softcap) and not (math.isfinite(softcap) and softcap >= 0):
+    traced = _checks.is_symbolic(softcap) or torch.compiler.is_compiling()  # value at run time
+    if not traced and not (math.isfinite(softcap) and softcap >= 0):
         raise ValueError(f"softcap must be finite and >= 0 (0 = off), got {softcap}")
     if rel_bias is not None:
         if not isinstance(rel_bias, RelativePositionBias):
@@ -182,7 +183,7 @@ def check_variants(q: Tensor, batch: int, window_size, alibi_slopes, softcap,
         if table.device != q.device:
             raise ValueError(f"rel_bias table must be on the device of q ({q.device}), got "
                              f"{table.device}")
-    return Variants(window, slopes, float(softcap), rel_bias)
+    return Variants(window, slopes, softcap if traced else float(softcap), rel_bias)
 
 
 @dataclass(frozen=True)
