@@ -26,9 +26,15 @@ The attention function follows the calling convention of transformers'
     scaling    softmax scale (None: 1/sqrt(D); T5 uses 1)
     is_causal  overrides module.is_causal when given
     position_bias
-               T5's learned relative bias (1 or B, H, Lq, Lk), added to the
-               scores; it becomes fastattn's float attn_mask, whose gradient
-               fastattn computes, so relative_attention_bias trains
+               T5's relative bias. From a model that swap_modules swapped, a
+               T5Bias: the kernels compute the bias from the layer's
+               relative_attention_bias table (no (., H, Lq, Lk) tensor; the
+               table gets its gradient). Otherwise T5's materialized tensor
+               (1 or B, H, Lq, Lk), added as fastattn's float attn_mask,
+               whose gradient fastattn computes
+    softcap, sliding_window
+               Gemma-2's / Mistral's, Qwen2's kwargs: fastattn's softcap and
+               window_size (_variants)
     returns    (output (B, Lq, Hq, D) contiguous, None): no attention weights
 
 The mask function is transformers' own ``sdpa_mask``: it builds exactly the
@@ -102,17 +108,21 @@ def fastattn_attention_forward(module: torch.nn.Module, query: Tensor, key: Tens
         _log.warn_once("hf-output-attentions", "fastattn does not return attention weights "
                        "(output_attentions=True), as sdpa does not; use "
                        "attn_implementation='eager' for them")
-    for name in ("s_aux", "softcap"):
-        if kwargs.get(name) is not None:
-            raise ValueError(f"fastattn's attention does not support {name!r}; "
-                             "use attn_implementation='sdpa' or 'eager' for this model")
+    if kwargs.get("s_aux") is not None:
+        raise ValueError("fastattn's attention does not support attention sinks ('s_aux'); "
+                         "use attn_implementation='sdpa' or 'eager' for this model")
     backend = getattr(module, "_fastattn_backend", "auto")
-    lq, lk = query.shape[2], key.shape[2]
     if is_causal is None:
         is_causal = getattr(module, "is_causal", True)
+    variants = _variants(kwargs, is_causal)
+    rel_bias = None
+    if isinstance(position_bias, T5Bias):
+        key, value, attention_mask, position_bias, rel_bias = _t5_relative_bias(
+            position_bias, query, key, value, attention_mask)
+    lq, lk = query.shape[2], key.shape[2]
     if kwargs.get("cu_seq_lens_q") is not None:
         return _packed_attention(query, key, value, kwargs, dropout, scaling, is_causal,
-                                 position_bias, backend)
+                                 position_bias, rel_bias, variants, backend)
 
     causal = False
     mask: Optional[Tensor] = None
@@ -154,13 +164,35 @@ def fastattn_attention_forward(module: torch.nn.Module, query: Tensor, key: Tens
 
     out = attention_with_own_lengths(query, key, value, causal=causal, attn_mask=mask,
                                      kv_lengths=kv_lengths, dropout_p=float(dropout),
-                                     scale=scaling, backend=backend)
+                                     scale=scaling, backend=backend, rel_bias=rel_bias,
+                                     **variants)
     return out.transpose(1, 2).contiguous(), None
+
+
+def _variants(kwargs: dict, is_causal: bool) -> dict:
+    """fastattn's variant arguments for the kwargs transformers passes:
+    ``softcap`` (Gemma-2: the scaled scores become softcap * tanh(s /
+    softcap) before the mask, as its eager code does) and ``sliding_window``
+    (Mistral, Qwen2, Gemma-2: key j within sliding_window - 1 positions
+    before query i). The window is also in the mask transformers builds, so
+    here it only lets the kernels skip the tiles outside it; it is passed
+    for causal layers only, whose alignment fastattn's bottom-right window
+    matches (with the keys bound from a mask it can only be looser, never
+    tighter, than the mask's)."""
+    variants = {}
+    softcap = kwargs.get("softcap")
+    if softcap is not None:
+        variants["softcap"] = float(softcap)
+    window = kwargs.get("sliding_window")
+    if window is not None and is_causal:
+        variants["window_size"] = (int(window) - 1, -1)
+    return variants
 
 
 def _packed_attention(query: Tensor, key: Tensor, value: Tensor, kwargs: dict, dropout: float,
                       scaling: Optional[float], is_causal: bool,
-                      position_bias: Optional[Tensor], backend: str) -> tuple[Tensor, None]:
+                      position_bias: Optional[Tensor], rel_bias, variants: dict,
+                      backend: str) -> tuple[Tensor, None]:
     """Packed sequences (1, H, T, D) delimited by cu_seq_lens_q/k: the
     flash-attention kwargs of transformers, passed by swap_modules(unpad=
     True)'s encoder layers (and by transformers' own padding-free batches).
@@ -175,7 +207,8 @@ def _packed_attention(query: Tensor, key: Tensor, value: Tensor, kwargs: dict, d
     out = attention_varlen_with_own_seqlens(
         q, k, v, kwargs["cu_seq_lens_q"], kwargs["cu_seq_lens_k"], int(kwargs["max_length_q"]),
         int(kwargs["max_length_k"]), causal=bool(is_causal) and q.shape[0] > 1,
-        dropout_p=float(dropout), scale=scaling, backend=backend)
+        dropout_p=float(dropout), scale=scaling, backend=backend, rel_bias=rel_bias,
+        **variants)
     return out.unsqueeze(0), None
 
 
@@ -239,39 +272,44 @@ _T5_NORM_MODULES = {
 T5_STYLE_NORMS = tuple(_T5_NORM_MODULES)
 _PREFIX = "Fastattn"
 
+
 def _t5_norm_extra_repr(self) -> str:
     return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, " \
         f"fastattn backend={getattr(self, '_fastattn_backend', 'auto')}"
 
 
-_norm_classes: dict[type, type] = {}
+def _t5_norm_members(cls: type) -> dict:
+    return {"forward": _t5_norm_forward, "extra_repr": _t5_norm_extra_repr,
+            "__doc__": f"{cls.__name__} running fastattn.rms_norm."}
 
 
-def _fastattn_norm_class(cls: type) -> type:
+_subclasses: dict[type, type] = {}
+
+
+def _fastattn_subclass(cls: type, members: dict) -> type:
     """A subclass of ``cls`` (so isinstance checks, e.g. in _init_weights,
-    still hold) whose forward runs fastattn.rms_norm, kept in this module's
-    namespace as Fastattn<cls name> so that pickle finds it (and
-    __getattr__ below makes it again in a fresh process)."""
-    if cls not in _norm_classes:
+    still hold) with ``members`` overridden, kept in this module's namespace
+    as Fastattn<cls name> so that pickle finds it (and __getattr__ below
+    makes it again in a fresh process)."""
+    if cls not in _subclasses:
         name = _PREFIX + cls.__name__
-        new = type(name, (cls,), {"forward": _t5_norm_forward, "__module__": __name__,
-                                  "__qualname__": name,
-                                  "__prepare_scriptable__": refuse_torchscript,
-                                  "extra_repr": _t5_norm_extra_repr,
-                                  "__doc__": f"{cls.__name__} running fastattn.rms_norm."})
+        new = type(name, (cls,), {**members, "__module__": __name__, "__qualname__": name,
+                                  "__prepare_scriptable__": refuse_torchscript})
         globals()[name] = new
-        _norm_classes[cls] = new
-    return _norm_classes[cls]
+        _subclasses[cls] = new
+    return _subclasses[cls]
 
 
 def __getattr__(name: str):
-    """Fastattn<T5-style norm> classes on demand: how unpickling a swapped
-    T5 model finds its norm class in a process that has not swapped one."""
+    """Fastattn<T5 norm or attention> classes on demand: how unpickling a
+    swapped T5 model finds its classes in a process that has not swapped one."""
     base = name[len(_PREFIX):] if name.startswith(_PREFIX) else None
-    if base in _T5_NORM_MODULES:
-        import importlib
-        return _fastattn_norm_class(getattr(importlib.import_module(_T5_NORM_MODULES[base]),
-                                            base))
+    for modules, members in ((_T5_NORM_MODULES, _t5_norm_members),
+                             (_T5_ATTENTION_MODULES, _t5_attention_members)):
+        if base in modules:
+            import importlib
+            cls = getattr(importlib.import_module(modules[base]), base)
+            return _fastattn_subclass(cls, members(cls))
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -281,12 +319,106 @@ def _swap_norms(model: torch.nn.Module, backend: str) -> int:
         cls = type(module)
         if cls.__name__ in T5_STYLE_NORMS and hasattr(module, "variance_epsilon") \
                 and isinstance(getattr(module, "weight", None), torch.Tensor):
-            module.__class__ = _fastattn_norm_class(cls)
+            module.__class__ = _fastattn_subclass(cls, _t5_norm_members(cls))
             module._fastattn_backend = backend
             swapped += 1
-        elif cls in _norm_classes.values():
+        elif cls in _subclasses.values():
             module._fastattn_backend = backend
     return swapped
+
+
+# ------------------------------------------------- T5's relative bias in the kernels
+
+# T5's attention layers, as transformers defines them (MT5's is a copy).
+# UMT5 and LongT5 do not call the AttentionInterface: they keep theirs.
+_T5_ATTENTION_MODULES = {
+    "T5Attention": "transformers.models.t5.modeling_t5",
+    "MT5Attention": "transformers.models.mt5.modeling_mt5",
+}
+
+
+class T5Bias:
+    """What a swapped T5 attention layer hands on as ``position_bias``
+    instead of T5's materialized (1, H, Lq, Lk) tensor: the layer whose
+    ``relative_attention_bias`` table fastattn's kernels read (None for the
+    layers T5 gives zeros: cross-attention), and the cache length the
+    queries start at. T5's stack passes its first layer's position_bias to
+    every later layer unchanged; fastattn_attention_forward turns it into
+    ``fastattn.RelativePositionBias`` (the table receives its gradient)."""
+
+    __slots__ = ("module", "past")
+
+    def __init__(self, module: Optional[torch.nn.Module], past):
+        self.module = module
+        self.past = past
+
+    def __repr__(self) -> str:
+        return f"T5Bias({'table' if self.module is not None else 'none'}, past={self.past})"
+
+
+def _on_fastattn(module: torch.nn.Module) -> bool:
+    return getattr(module.config, "_attn_implementation", None) == NAME
+
+
+def _t5_attention_members(cls: type) -> dict:
+    def compute_bias(self, query_length, key_length, device=None, past_seen_tokens=0):
+        if not _on_fastattn(self):  # the model went back to eager/sdpa after the swap
+            return cls.compute_bias(self, query_length, key_length, device, past_seen_tokens)
+        return T5Bias(self, past_seen_tokens)
+
+    def forward(self, hidden_states, mask=None, key_value_states=None, position_bias=None,
+                past_key_values=None, **kwargs):
+        if position_bias is None and not self.has_relative_attention_bias \
+                and _on_fastattn(self):
+            position_bias = T5Bias(None, 0)  # T5 would add a zero (1, H, Lq, Lk) tensor
+        return cls.forward(self, hidden_states, mask, key_value_states, position_bias,
+                           past_key_values, **kwargs)
+
+    return {"compute_bias": compute_bias, "forward": forward,
+            "__doc__": f"{cls.__name__} whose relative bias fastattn's kernels compute."}
+
+
+def _swap_t5_attention(model: torch.nn.Module) -> int:
+    swapped = 0
+    for module in model.modules():
+        cls = type(module)
+        if cls.__name__ in _T5_ATTENTION_MODULES \
+                and cls.__module__ == _T5_ATTENTION_MODULES[cls.__name__]:
+            module.__class__ = _fastattn_subclass(cls, _t5_attention_members(cls))
+            swapped += 1
+    return swapped
+
+
+def _t5_relative_bias(bias: T5Bias, query: Tensor, key: Tensor, value: Tensor,
+                      attention_mask: Optional[Tensor]):
+    """(key, value, attention_mask, position_bias tensor or None,
+    RelativePositionBias or None) for a T5Bias. The kernels place query i at
+    relative position j - (i + Lk - Lq) from key j; T5 places it at
+    j - (i + past). They agree when the keys end at past + Lq, as in every
+    call without a static cache; a static cache's keys beyond past + Lq are
+    never attended (causal) and are cut off. A cache length held as a tensor
+    (read on the host only at a sync) gets T5's own materialized bias."""
+    from ..ops.variants import RelativePositionBias
+
+    module = bias.module
+    if module is None:
+        return key, value, attention_mask, None, None
+    lq, lk = query.shape[2], key.shape[2]
+    past = bias.past
+    if isinstance(past, Tensor):
+        _log.warn_once("t5-bias-tensor-past", "fastattn: T5's relative bias is materialized "
+                       "when the cache length is a tensor (static caches)")
+        materialized = super(type(module), module).compute_bias(lq, lk, query.device, past)
+        return key, value, attention_mask, materialized, None
+    if past + lq < lk:
+        end = past + lq
+        key, value = key[:, :, :end], value[:, :, :end]
+        if attention_mask is not None:
+            attention_mask = attention_mask[..., :end]
+    rel = RelativePositionBias(module.relative_attention_bias.weight,
+                               bidirectional=not module.is_decoder,
+                               max_distance=module.relative_attention_max_distance)
+    return key, value, attention_mask, None, rel
 
 
 # ----------------------------------------------------------------- selection
@@ -386,6 +518,9 @@ def swap_hf_model(model: torch.nn.Module, *, attention: bool, norm: bool,
         switched = sum(1 for m in model.modules()
                        if isinstance(m, PreTrainedModel) and type(m).__name__ not in left_alone)
         done["transformers model (attention implementation)"] = switched
+        t5_layers = _swap_t5_attention(model)
+        if t5_layers:
+            done["T5 attention (relative bias computed in the kernels)"] = t5_layers
     if norm:
         done["T5-style RMS norm"] = _swap_norms(model, backend)
     if unpad:

@@ -163,6 +163,43 @@ def _gpt2(impl):
     return transformers.GPT2LMHeadModel(config)
 
 
+# Decoder-only models whose attention passes fastattn the variants:
+# sliding_window (Mistral; Qwen2's second layer; Gemma-2's even layers) and
+# softcap (Gemma-2). A window of 3 keys is shorter than the batch's rows.
+# Their batch has fewer padded tokens than the window: a padded row with
+# nothing to attend is NaN in the original eager models, and reaches the
+# real rows through its values. Right padding, so no generation test for
+# them (a right-padded prompt ends on padding).
+def _window_batch():
+    mask = _lengths_mask([SRC_LEN, SRC_LEN - 2], SRC_LEN)
+    return {"input_ids": _tokens(mask), "attention_mask": mask}
+
+
+def _llama_like(config_cls, model_cls, impl, **kw):
+    config = config_cls(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=32,
+        initializer_range=0.3, pad_token_id=PAD, bos_token_id=BOS, eos_token_id=0,
+        attn_implementation=impl, **kw)
+    return model_cls(config)
+
+
+def _mistral(impl):
+    return _llama_like(transformers.MistralConfig, transformers.MistralForCausalLM, impl,
+                       sliding_window=3)
+
+
+def _qwen2(impl):
+    return _llama_like(transformers.Qwen2Config, transformers.Qwen2ForCausalLM, impl,
+                       use_sliding_window=True, sliding_window=3, max_window_layers=1)
+
+
+def _gemma2(impl):
+    return _llama_like(transformers.Gemma2Config, transformers.Gemma2ForCausalLM, impl,
+                       sliding_window=3, attn_logit_softcapping=2.0,
+                       final_logit_softcapping=None, query_pre_attn_scalar=8)
+
+
 def build(case: Case, impl: str) -> torch.nn.Module:
     model = _randomize(case.build(impl))
     if getattr(model, "generation_config", None) is not None:
@@ -180,4 +217,7 @@ CASES = {c.name: c for c in [
     Case("marian", _marian, _seq2seq_batch, _valid_decoder, 6, 4),
     Case("t5", _t5, _seq2seq_batch, _valid_decoder, 6, 4),
     Case("gpt2", _gpt2, _gpt2_batch, _valid_encoder, 2, 2),
+    Case("mistral", _mistral, _window_batch, _valid_encoder, 2, 0),
+    Case("qwen2", _qwen2, _window_batch, _valid_encoder, 2, 0),
+    Case("gemma2", _gemma2, _window_batch, _valid_encoder, 2, 0),
 ]}
