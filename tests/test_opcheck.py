@@ -10,6 +10,7 @@ fake implementation: their schema is checked against what they do.
 
 from __future__ import annotations
 
+import dataclasses
 import pytest
 import torch
 
@@ -138,6 +139,47 @@ def test_attention_varlen_ops(causal, backend, device):
                           (torch.randn_like(out), torch.randn_like(lse), q.detach(), k.detach(),
                            v.detach(), out, lse, cu_q, cu_k, None, 9, 12, causal, 0.2, 0.0,
                            backend))
+
+
+@pytest.mark.parametrize("backend,device", ATTN)
+@pytest.mark.parametrize("packed", [False, True], ids=["padded", "packed"])
+def test_attention_ops_with_variants(packed, backend, device):
+    """Every variant at once (window, softcap, ALiBi, a relative-bias table
+    that requires grad) through the padded and the packed ops: the table's
+    gradient path (the fifth / fourth backward output) included."""
+    from fastattn.ops import attention_varlen as varlen_ops
+    from fastattn.ops.variants import KernelVariants, RelativePositionBias, Variants
+    if backend == "reference":
+        pytest.skip("the reference serves rel_bias outside the ops (ops/attention.py)")
+    table = torch.randn(8, 4, device=device, requires_grad=True)
+    variants = Variants((5, 2), torch.full((1, 4), 0.3, device=device), 3.0,
+                        RelativePositionBias(table, bidirectional=False, max_distance=12))
+    if packed:
+        cu_q = torch.tensor([0, 5, 14], dtype=torch.int32, device=device)
+        cu_k = torch.tensor([0, 7, 19], dtype=torch.int32, device=device)
+        q = torch.randn(14, 4, 24, device=device, requires_grad=True)
+        k = torch.randn(19, 2, 24, device=device, requires_grad=True)
+        v = torch.randn(19, 2, 24, device=device, requires_grad=True)
+        kv = KernelVariants.of(variants, 9, 12, device)
+        head = (q, k, v, cu_q, cu_k, None, 9, 12, True, 0.2, 0.0, backend, False)
+        fwd, bwd = varlen_ops.attention_varlen_fwd, varlen_ops.attention_varlen_bwd
+    else:
+        q, k, v = _attn_inputs(device)
+        kv = KernelVariants.of(variants, q.shape[2], k.shape[2], device)
+        head = (q, k, v, None, None, None, None, True, 0.2, 0.0, backend, False)
+        fwd, bwd = attn_ops.attention_fwd, attn_ops.attention_bwd
+    args = head + attn_ops.kernel_args(kv)
+    torch.library.opcheck(fwd, args)
+    with torch.no_grad():
+        out, lse = fwd(*args)
+    grads = (torch.randn_like(out), torch.randn_like(lse), q.detach(), k.detach(), v.detach(),
+             out, lse)
+    if packed:
+        rest = (cu_q, cu_k, None, 9, 12, True, 0.2, 0.0, backend, False)
+    else:
+        rest = (None, None, None, None, True, 0.2, 0.0, False, backend, False)
+    detached = dataclasses.replace(kv, rel_table=kv.rel_table.detach())
+    torch.library.opcheck(bwd, grads + rest + attn_ops.kernel_args(detached) + (True,))
 
 
 def _native(name: str):
