@@ -3,6 +3,7 @@
     python -m fastattn.bench --quick                  # every part, small grid, < 2 min
     python -m fastattn.bench --op layernorm,cross     # some parts
     python -m fastattn.bench --op uneven,percall      # padding scaling, per-call cost
+    python -m fastattn.bench --op variants            # windows, variant overhead, T5 bias
     python -m fastattn.bench --op attention --dtype bf16,fp16 --peers sdpa-flash,flex
     python -m fastattn.bench --shapes my_shapes.json --out results/
 
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import time
 
-OPS = ("layernorm", "attention", "uneven", "cross", "decode", "percall", "model")
+OPS = ("layernorm", "attention", "uneven", "cross", "decode", "percall", "model", "variants")
 DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16",
           "half": "float16", "fp32": "float32", "float32": "float32"}
 # Peers whose compilation costs more than a quick CPU run can afford.
@@ -286,7 +287,7 @@ def main(argv=None) -> int:
 
     import torch
     from . import (ceilings, ops_attention, ops_layernorm, ops_model, ops_percall, ops_uneven,
-                   report, shapes, timing)
+                   ops_variants, report, shapes, timing)
     from .peers import ALL_PEERS, ATTENTION_PEERS, NORM_PEERS
     from .runner import Context
 
@@ -344,6 +345,8 @@ def main(argv=None) -> int:
                           progress=progress, notes=notes, modes=modes)
             if op == "model":
                 part = ops_model.plan(args.quick, wanted_peers, ctx)
+            elif op == "variants":
+                part = ops_variants.plan(args.quick, wanted_backends, wanted_peers, ctx)
             else:
                 grid = ([s for s in user_shapes if s["op"] == op] if user_shapes is not None
                         else shapes.grid(op, args.quick, device.type))

@@ -14,7 +14,11 @@ Flags, in the terminal table and bench.md alike (and as fields of bench.json):
       says what it means
   *   after a ratio to a goal (uneven padding: time over the work-proportional
       time; per call: fastattn's time over torch's; row field `ratio`): above
-      the goal. Those parts also get a summary table after the others.
+      the goal. Those parts also get a summary table after the others. The
+      variants part's rows carry a list of such figures (`goals`: a speedup
+      or a memory saving, which must reach its goal, "goal >=", or a ratio
+      that must stay below it, "goal <="; no goal: shown only); * marks one
+      on the wrong side.
 Plots follow flash-attention's README: throughput against sequence length
 (hidden size for norms) per implementation, with the samples' interquartile
 range as error bars; every implementation has one colour in every plot
@@ -36,7 +40,8 @@ from .timing import NOISY_IQR
 NOISY_MARK = "?"
 CEILING_MARK = "!"
 GOAL_MARK = "*"
-# Parts timed warm on purpose (whole models; tiny calls).
+# Parts timed warm on purpose (whole models; tiny calls); a shape with
+# "warm": true (the variants part's T5 models) is too.
 WARM_OPS = ("model", "percall")
 
 # ---------------------------------------------------------------- progress
@@ -141,7 +146,7 @@ def flag_notes(rows: list[dict], ceilings: dict, notes: set[str]) -> None:
             notes.add(f"ceiling {name} is noisy (IQR {stats['iqr_rel']:.0%} of its median): "
                       "every '% ceiling' relative to it is uncertain")
     untimed_cold = [r for r in timed if r["op"] not in WARM_OPS and r.get("timing")
-                    and not r["timing"].get("cold")]
+                    and not r["timing"].get("cold") and not r["shape"].get("warm")]
     if untimed_cold:
         notes.add(f"{len(untimed_cold)} row(s) timed with warm caches (no memory for the "
                   "input rotation or the scrub buffer)")
@@ -192,6 +197,24 @@ def ratio_text(r: dict) -> str:
     return f"{q['value']:.2f}x{mark} {q['what']} (goal <= {q['goal']}x)"
 
 
+def missed(g: dict) -> bool:
+    """A `goals` entry on the wrong side of its goal (none: never)."""
+    if g.get("goal") is None:
+        return False
+    return g["value"] < g["goal"] if g.get("higher") else g["value"] > g["goal"]
+
+
+def goal_text(g: dict) -> str:
+    """E.g. '17.3x speedup vs full causal (goal >= 10.0x)', '250 MiB peak saved
+    vs hf sdpa (goal >= 256.25 MiB)'; GOAL_MARK after a missed goal."""
+    unit = g.get("unit", "x")
+    value = f"{g['value']:.2f}{unit}" if unit == "x" else f"{g['value']:.1f}{unit}"
+    text = f"{value}{GOAL_MARK if missed(g) else ''} {g['what']}"
+    if g.get("goal") is not None:
+        text += f" (goal {'>=' if g.get('higher') else '<='} {g['goal']}{unit})"
+    return text
+
+
 def _cells(r: dict) -> list[str]:
     if r["status"] != "ok":
         return [r["status"]] + [""] * (len(HEADER) - 5) + [r["message"].splitlines()[0][:70]]
@@ -205,7 +228,8 @@ def _cells(r: dict) -> list[str]:
             _ceiling_cell(r["ceiling_fraction"]),
             "n/a" if r["peak_mib"] is None else f"{r['peak_mib']:.0f}",
             _fmt(r.get("fastattn_x"), ".2f"), str(t.get("n", "")),
-            "; ".join(([ratio_text(r)] if r.get("ratio") else []) + _flags(r))]
+            "; ".join(([ratio_text(r)] if r.get("ratio") else [])
+                      + [goal_text(g) for g in r.get("goals", ())] + _flags(r))]
 
 
 HEADER = ["shape", "mode", "implementation", "ms", "min-max ms", "IQR", "{unit}", "% ceiling",
@@ -224,10 +248,13 @@ def _sections(rows: list[dict]):
 
 GOAL_TITLES = {"uneven": "uneven padding: time / work-proportional time (the unpadded "
                          "call's time x the valid fraction of the scores)",
-               "percall": "per call: microseconds, and fastattn's time / torch's"}
+               "percall": "per call: microseconds, and fastattn's time / torch's",
+               "variants": "attention variants: window speedup, variant overhead, T5 "
+                           "step time and peak memory"}
 GOAL_HEADER = {"uneven": ["shape", "mode", "implementation", "ms", "work-prop. ms", "ratio",
                           "goal"],
-               "percall": ["shape", "mode", "implementation", "us", "torch us", "ratio", "goal"]}
+               "percall": ["shape", "mode", "implementation", "us", "torch us", "ratio", "goal"],
+               "variants": ["shape", "mode", "implementation", "ms", "what", "value", "goal"]}
 
 
 def goal_tables(rows: list[dict]) -> list[tuple[str, list[list[str]]]]:
@@ -235,11 +262,21 @@ def goal_tables(rows: list[dict]) -> list[tuple[str, list[list[str]]]]:
     ratio to a goal (uneven, percall); GOAL_MARK after a ratio above its goal."""
     out = []
     for (op, dtype, _unit), section in _sections(rows):
-        ratios = [r for r in section if r.get("ratio")]
+        ratios = [r for r in section if r.get("ratio") or r.get("goals")]
         if op not in GOAL_TITLES or not ratios:
             continue
         table = [GOAL_HEADER[op]]
         for r in ratios:
+            if op == "variants":
+                for g in r["goals"]:
+                    unit = g.get("unit", "x")
+                    value = (f"{g['value']:.2f}{unit}" if unit == "x"
+                             else f"{g['value']:.1f}{unit}")
+                    goal = ("" if g.get("goal") is None else
+                            f"{'>=' if g.get('higher') else '<='} {g['goal']}{unit}")
+                    table.append([r["label"], r["mode"], r["impl"], f"{r['ms']:.3f}", g["what"],
+                                  value + (GOAL_MARK if missed(g) else ""), goal])
+                continue
             q = r["ratio"]
             mark = GOAL_MARK if q["value"] > q["goal"] else ""
             if op == "uneven":
@@ -248,7 +285,9 @@ def goal_tables(rows: list[dict]) -> list[tuple[str, list[list[str]]]]:
                 times = [f"{r['ms'] * 1e3:.2f}", f"{q['peer_us']:.2f}"]
             table.append([r["label"], r["mode"], r["impl"]] + times
                          + [f"{q['value']:.2f}x{mark}", f"<= {q['goal']}x"])
-        out.append((f"{GOAL_TITLES[op]} ({dtype}); {GOAL_MARK} = above the goal", table))
+        mark = "on the wrong side of" if op == "variants" else "above"
+        what = f"{dtype}, {_unit}" if op == "variants" else dtype
+        out.append((f"{GOAL_TITLES[op]} ({what}); {GOAL_MARK} = {mark} the goal", table))
     return out
 
 

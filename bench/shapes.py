@@ -24,7 +24,8 @@ B*L = 16k tokens and H*D = 2048 as flash-attention's plots use); decoding
 (B=1..64, Hq=8..32, Hkv in {Hq, Hq/4}, D=64/128, Lk=1k..64k, one query);
 uneven padding (B=4, H=12, L=512, D=64, lengths in several orders such as
 [512,512,256,256] or [128,128,128,512], padded and packed); tiny calls of
-each op family (attention (1,2,16,32), norms (8,64)).
+each op family (attention (1,2,16,32), norms (8,64)); attention variants
+(`variants_grid`: windows, their overhead, T5 models; not a --shapes op).
 A CPU gets the same families at sizes two cores finish in seconds.
 """
 
@@ -195,6 +196,87 @@ def percall_grid(quick: bool, device_type: str) -> list[dict]:
              "x": None} for kind, size in PERCALL_SIZES.items()]
 
 
+# ------------------------------------------------------------------ variants
+
+# (d_model, layers per stack, heads, d_ff) of the T5 models the variants part trains.
+T5_CONFIGS = {"t5-small": (512, 6, 8, 2048), "t5-base": (768, 12, 12, 3072),
+              "t5-tiny": (64, 1, 4, 128)}
+T5_VOCAB = 32128
+
+
+def _variant(group, role, B, H, L, D, causal, variant, modes, baseline=False, **extra):
+    return {"op": "variants", "group": group, "role": role, "baseline": baseline,
+            "variant": variant, "B": B, "Hq": H, "Hkv": H, "Lq": L, "Lk": L, "D": D,
+            "causal": causal, "pad": 0.0, "modes": list(modes), "family": group, "x": L,
+            **extra}
+
+
+def _t5(model, L, T, quick):
+    d, layers, heads, ffn = T5_CONFIGS[model]
+    return {"op": "variants", "kind": "t5", "model": model, "d": d, "layers": layers,
+            "heads": heads, "ffn": ffn, "vocab": 500 if model == "t5-tiny" else T5_VOCAB,
+            "src_len": L, "tgt_len": T, "quick": quick, "warm": True,
+            "family": f"T5 {model}", "x": L}
+
+
+def variants_grid(quick: bool, device_type: str) -> dict:
+    """{"kernels": groups (lists of member shapes timed together, the
+    baseline first), "t5": T5 configurations}. Window: causal B=1 H=8 D=64,
+    window_size=(127, -1) vs full causal at L=8192 forward (quick: 2048),
+    fwd+bwd at 4096 on a CPU (8192 on a GPU; none in a quick run); the
+    window alone over L=1024..8192 (quick 512..2048; a GPU's full grid
+    16384 too); overhead: B=2 H=8 L=1024 D=64 (quick CPU: 512), causal and
+    not, plain vs softcap=30, ALiBi, rel_bias (32 buckets), window (L, L).
+    T5: T5-small (and T5-base on a GPU) at L=512..2048, decoder 64, B=1;
+    a quick CPU run a tiny config at L=128 (decoder 16), a quick GPU run
+    T5-small at L=1024."""
+    gpu = device_type != "cpu"
+    kernels = []
+    win = (127, -1)
+    fwd_l = 2048 if quick else 8192
+    both_l = None if quick else (8192 if gpu else 4096)
+    for L, modes in ((fwd_l, ("fwd",)), (both_l, ("fwd+bwd",))):
+        if L is None:
+            continue
+        group = f"window L={L}"
+        kernels.append([_variant(group, "window", 1, 8, L, 64, True, "full", modes, True),
+                        _variant(group, "window", 1, 8, L, 64, True, "window", modes,
+                                 window=list(win))])
+    scan = (512, 1024, 2048) if quick else ((1024, 2048, 4096, 8192, 16384) if gpu
+                                            else (1024, 2048, 4096, 8192))
+    kernels.append([_variant("window scan", "scan", 1, 8, L, 64, True, "window", ("fwd",),
+                             window=list(win)) for L in scan])
+    L = 512 if quick and not gpu else 1024
+    for causal in (True, False):
+        group = f"overhead{' causal' if causal else ''} L={L}"
+        m = ("fwd", "fwd+bwd")
+        kernels.append([_variant(group, "overhead", 2, 8, L, 64, causal, "plain", m, True),
+                        _variant(group, "overhead", 2, 8, L, 64, causal, "softcap", m,
+                                 softcap=30.0),
+                        _variant(group, "overhead", 2, 8, L, 64, causal, "alibi", m),
+                        _variant(group, "overhead", 2, 8, L, 64, causal, "rel_bias", m,
+                                 buckets=32),
+                        _variant(group, "overhead", 2, 8, L, 64, causal, "window", m,
+                                 window=[L, L])])
+    if quick:
+        t5 = [_t5("t5-small", 1024, 64, quick)] if gpu else [_t5("t5-tiny", 128, 16, quick)]
+    else:
+        models = ("t5-small", "t5-base") if gpu else ("t5-small",)
+        t5 = [_t5(m, L, 64, quick) for m in models for L in (512, 1024, 2048)]
+    return {"kernels": kernels, "t5": t5}
+
+
+def _variant_text(s: dict) -> str:
+    v = s["variant"]
+    if v == "window":
+        return f"window=({s['window'][0]},{s['window'][1]})"
+    if v == "softcap":
+        return f"softcap={s['softcap']:g}"
+    if v == "rel_bias":
+        return f"rel_bias {s['buckets']} buckets"
+    return {"full": "full", "plain": "plain", "alibi": "alibi"}[v]
+
+
 GRIDS = {"layernorm": layernorm_grid, "attention": attention_grid, "cross": cross_grid,
          "decode": decode_grid, "uneven": uneven_grid, "percall": percall_grid}
 
@@ -300,6 +382,12 @@ def label(s: dict) -> str:
                 f"lengths {','.join(map(str, s['lengths']))}")
     if s["op"] == "layernorm":
         return f"{s['norm']} {s['rows']}x{s['hidden']}"
+    if s["op"] == "variants":
+        if s.get("kind") == "t5":
+            return (f"{s['model']} d={s['d']} layers={s['layers']}+{s['layers']} "
+                    f"H={s['heads']} train B=1 L={s['src_len']} tgt={s['tgt_len']}")
+        return (f"B={s['B']} H={s['Hq']} L={s['Lq']} D={s['D']}"
+                f"{' causal' if s['causal'] else ''} {_variant_text(s)}")
     if s["op"] == "model":
         if not s["tgt_len"]:  # encoder-only: one padded batch
             return (f"{s['model']} d={s['d']} layers={s['layers']} B={s['batch']} "

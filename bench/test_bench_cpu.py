@@ -208,3 +208,99 @@ def test_model_part_lists_bert_t5_bart_against_hf():
     assert ops_model.sizes("bart", False, "cpu").d == 768          # full: real widths
     assert ops_model.BASE["bart"] == (768, 6, 12, 3072)            # BART-base
     assert ops_model.BASE["t5"] == (512, 6, 8, 2048)               # T5-small
+
+
+# ------------------------------------------------ the variants part, tiny
+
+from fastattn.bench import ops_variants  # noqa: E402
+
+
+def _tiny_variant_groups(with_t5=True):
+    v = shapes._variant
+    win = [v("window L=64", "window", 1, 2, 64, 16, True, "full", ("fwd",), True),
+           v("window L=64", "window", 1, 2, 64, 16, True, "window", ("fwd",), window=[15, -1])]
+    scan = [v("window scan", "scan", 1, 2, L, 16, True, "window", ("fwd",), window=[15, -1])
+            for L in (32, 64)]
+    m = ("fwd", "fwd+bwd")
+    over = [v("overhead L=32", "overhead", 1, 2, 32, 16, False, "plain", m, True),
+            v("overhead L=32", "overhead", 1, 2, 32, 16, False, "softcap", m, softcap=30.0),
+            v("overhead L=32", "overhead", 1, 2, 32, 16, False, "alibi", m),
+            v("overhead L=32", "overhead", 1, 2, 32, 16, False, "rel_bias", m, buckets=8),
+            v("overhead L=32", "overhead", 1, 2, 32, 16, False, "window", m, window=[32, 32])]
+    t5 = [shapes._t5("t5-tiny", 32, 8, True)] if with_t5 else []
+    return {"kernels": [win, scan, over], "t5": t5}
+
+
+def test_variants_grid_and_pairs():
+    full = shapes.variants_grid(False, "cpu")
+    window = full["kernels"][0]
+    assert [s["variant"] for s in window] == ["full", "window"] and window[0]["Lq"] == 8192
+    assert window[1]["window"] == [127, -1] and window[0]["baseline"]
+    assert full["kernels"][1][0]["modes"] == ["fwd+bwd"] and full["kernels"][1][0]["Lq"] == 4096
+    assert [s["Lq"] for s in full["kernels"][2]] == [1024, 2048, 4096, 8192]
+    over = full["kernels"][3]
+    assert [s["variant"] for s in over] == ["plain", "softcap", "alibi", "rel_bias", "window"]
+    assert over[-1]["window"] == [1024, 1024] and over[0]["B"] == 2
+    assert [(s["model"], s["src_len"]) for s in full["t5"]] == [
+        ("t5-small", 512), ("t5-small", 1024), ("t5-small", 2048)]
+    assert {s["model"] for s in shapes.variants_grid(False, "cuda")["t5"]} == {"t5-small",
+                                                                               "t5-base"}
+    quick = shapes.variants_grid(True, "cpu")
+    assert quick["kernels"][0][0]["Lq"] == 2048 and quick["t5"][0]["model"] == "t5-tiny"
+    # a causal window of 128 keys: min(i + 1, 128) pairs per query
+    s = dict(window[1], Lq=300, Lk=300)
+    assert ops_variants.pairs(s) == sum(min(i + 1, 128) for i in range(300))
+    assert ops_variants.pairs(dict(window[0], Lq=300, Lk=300)) == 300 * 301 // 2
+    assert ops_variants.pairs(dict(full["kernels"][4][-1], Lq=64, Lk=64)) == 2 * 64 * 64
+    b = ops_variants.t5_bias_bytes(full["t5"][2])
+    assert b == {"encoder": 2 * 8 * 2048 * 2048 * 4, "decoder": 2 * 8 * 64 * 64 * 4}
+    assert "window=(127,-1)" in shapes.label(window[1])
+
+
+def test_variants_interleaved_timing_alternates():
+    order = []
+    calls = [lambda i, n=n: order.append(n) for n in range(3)]
+    stats = ops_variants.measure_interleaved(calls, timing.warm_rotation(1), CPU, TINY_BUDGET)
+    assert len(stats) == 3 and all(s["n"] == 3 for s in stats)
+    assert order[3:] == [0, 1, 2, 2, 1, 0, 0, 1, 2]       # warm-up, then alternating rounds
+
+
+def test_variants_cpu_peak_memory_counts_tensors():
+    def make():
+        x = torch.empty(1 << 18)                           # 1 MiB
+        y = torch.empty(1 << 19)                           # 2 MiB
+        del x, y
+    peak = ops_variants.cpu_peak_mib(make)
+    assert peak is None or peak == pytest.approx(3.0, abs=0.01)
+
+
+@_skip_unless_cpu("attention")
+def test_variants_part_gates_times_and_sets_goals(ctx, monkeypatch):
+    pytest.importorskip("transformers")
+    monkeypatch.setattr(ops_variants, "T5_QUICK_CPU_BUDGET", TINY_BUDGET)
+    part = ops_variants.plan(True, ("cpu",), ("eager",), ctx, groups=_tiny_variant_groups())
+    assert part.steps == 2 + 2 + 5 * 2 + 3                # kernel rows and 3 T5 models
+    rows = part.run()
+    assert len(rows) == part.steps
+    assert all(r["status"] == "ok" for r in rows), [r["message"] for r in rows]
+    by = {(r["shape"]["group"], r["label"], r["mode"]): r for r in rows
+          if r["shape"].get("kind") != "t5"}
+    win = by[("window L=64", "B=1 H=2 L=64 D=16 causal window=(15,-1)", "fwd")]
+    (g,) = win["goals"]
+    assert g["goal"] == ops_variants.WINDOW_GOAL and g["higher"]
+    assert g["value"] == pytest.approx(g["baseline_ms"] / win["ms"])
+    assert win["timing"]["interleaved_with"] == 2
+    rel = by[("overhead L=32", "B=1 H=2 L=32 D=16 rel_bias 8 buckets", "fwd+bwd")]
+    assert rel["goals"][0]["goal"] == ops_variants.OVERHEAD_GOAL
+    assert not by[("overhead L=32", "B=1 H=2 L=32 D=16 plain", "fwd")].get("goals")
+    scan = [r for r in rows if r["shape"].get("role") == "scan"]
+    assert [r["goals"][0]["goal"] for r in scan] == [None, None]
+    t5 = {r["impl"]: r for r in rows if r["shape"].get("kind") == "t5"}
+    assert set(t5) == {"fastattn", "hf sdpa", "hf eager"}
+    assert all(r["peak_mib"] is None or r["peak_mib"] > 0 for r in t5.values())
+    whats = [g["what"] for g in t5["fastattn"]["goals"]]
+    assert "speedup vs hf sdpa" in whats and "speedup vs hf eager" in whats
+    text = report.terminal_table(rows, CEILINGS)
+    assert "speedup vs full causal (goal >= 10.0x)" in text and "vs plain (goal <= 1.1x)" in text
+    md = report.markdown(rows, {"torch": "x", "triton": "y", "date": "d"}, CEILINGS, [])
+    assert "## attention variants" in md
