@@ -548,7 +548,10 @@ def test_bad_dropout_call_draws_no_seed():
 def test_signatures_are_what_the_fast_path_takes():
     """The fast path receives these parameters, in this order
     (csrc/fast_path.cpp): a parameter added to a public function must
-    reach it too (or make it decline), never be dropped silently."""
+    reach it too (or make it decline), never be dropped silently. The
+    attention variants (last four) make it decline: the wrappers call it
+    only when every variant is off (ops/attention.py, _variants_off), and
+    tests/test_attention_variants.py checks that they take effect."""
     import inspect
 
     from fastattn.ops.attention import attention_with_own_lengths
@@ -559,13 +562,13 @@ def test_signatures_are_what_the_fast_path_takes():
         fastattn.add_layer_norm: "x residual weight bias eps dropout_p prenorm backend",
         fastattn.add_rms_norm: "x residual weight eps dropout_p prenorm backend",
         fastattn.attention: "q k v causal attn_mask q_lengths kv_lengths dropout_p scale "
-                            "return_lse backend deterministic",
+                            "return_lse backend deterministic window_size alibi_slopes softcap rel_bias",
         attention_with_own_lengths: "q k v causal attn_mask q_lengths kv_lengths dropout_p "
-                                    "scale backend",
+                                    "scale backend window_size alibi_slopes softcap rel_bias",
         fastattn.attention_varlen: "q k v cu_seqlens_q cu_seqlens_k max_seqlen_q max_seqlen_k "
-                                   "causal dropout_p scale return_lse backend deterministic",
+                                   "causal dropout_p scale return_lse backend deterministic window_size alibi_slopes softcap rel_bias",
         attention_varlen_with_own_seqlens: "q k v cu_seqlens_q cu_seqlens_k max_seqlen_q "
-                                           "max_seqlen_k causal dropout_p scale backend",
+                                           "max_seqlen_k causal dropout_p scale backend window_size alibi_slopes softcap rel_bias",
     }
     for fn, names in expected.items():
         assert list(inspect.signature(fn).parameters) == names.split(), fn.__name__
