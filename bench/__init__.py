@@ -13,6 +13,8 @@ ops_attention  the attention, cross and decode parts: inputs, FLOP/byte counts, 
 ops_uneven     uneven padding (lengths, packed varlen) against work-proportional time
 ops_percall    per-call cost of tiny calls of each op family against torch
 ops_model      whole encoder-decoders, swapped to fastattn or not
+ops_variants   attention variants: window vs full causal, each variant's overhead, T5's
+               in-kernel bias (step time, peak memory); compared calls interleaved
 report         progress bar, terminal table, JSON, markdown, plots (fixed colours), flags
 gpu_check.sh   build + GPU tests + full benchmark on a GPU machine, in one call
 test_bench_cpu pytest-benchmark regression suite for the cpu backend (not in CI)
