@@ -140,10 +140,14 @@ def kernel_variants(window_left, window_right, softcap, alibi_slopes, rel_table,
                           rel_buckets, rel_radius)
 
 
-def drel_dtype(dtype: torch.dtype, backend: str) -> torch.dtype:
-    """dtype of the backward's score-gradient sums per relative position:
-    float64 on the cpu backend and for float64 inputs, float32 otherwise."""
-    return torch.float64 if backend == "cpu" or dtype == torch.float64 else torch.float32
+def fake_drel(q: Tensor, backend: str, rel_grad: bool, rel_table, rel_radius: int) -> Tensor:
+    """The backward's score-gradient sums per relative position as the fake
+    implementations promise them: (Hq, 2R + 1), float64 on the cpu backend
+    and for float64 inputs, float32 otherwise; (0,) unless rel_grad."""
+    if not (rel_grad and rel_table is not None):
+        return q.new_empty((0,))
+    dtype = torch.float64 if backend == "cpu" or q.dtype == torch.float64 else torch.float32
+    return q.new_empty((q.shape[1], 2 * rel_radius + 1), dtype=dtype)
 
 
 # The cuda kernels take head dims in multiples of CUDA_HEAD_DIM_STEP; others
@@ -268,8 +272,7 @@ def _(dout, dlse, q, k, v, out, lse, attn_mask, q_lengths, kv_lengths, seed, cau
       softcap=0.0, alibi_slopes=None, rel_table=None, rel_buckets=None, rel_radius=0,
       rel_grad=False):
     dmask = attn_mask.new_empty(attn_mask.shape) if mask_grad else q.new_empty((0,))
-    drel = (q.new_empty((q.shape[1], 2 * rel_radius + 1), dtype=drel_dtype(q.dtype, backend))
-            if rel_grad and rel_table is not None else q.new_empty((0,)))
+    drel = fake_drel(q, backend, rel_grad, rel_table, rel_radius)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dmask, drel
 
 
@@ -442,13 +445,13 @@ def _last_dim_contiguous(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+NO_WINDOW = (-1, -1)
+
+
 def _variants_off(window_size, alibi_slopes, softcap, rel_bias) -> bool:
     """No variant asked for (what the compiled fast path serves)."""
     return (alibi_slopes is None and rel_bias is None and isinstance(softcap, (int, float))
             and softcap == 0 and window_size == NO_WINDOW)
-
-
-NO_WINDOW = (-1, -1)
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, *, causal: bool = False,

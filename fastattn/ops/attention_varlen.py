@@ -39,8 +39,9 @@ from torch import Tensor
 from .. import _backends, _checks, _log
 from . import _eager
 from ._eager import is_compiling
-from .attention import (NO_WINDOW, _check_qkv, _values_checkable, _variants_off,
-                        deterministic_mode, kernel_args, kernel_variants, public_lse_dtype)
+from .attention import (NO_WINDOW, _check_qkv, _reference_variants, _values_checkable,
+                        _variants_off, deterministic_mode, fake_drel, kernel_args,
+                        kernel_variants, public_lse_dtype)
 from .attention import pick_backend as _pick_attention_backend
 from .variants import NO_KERNEL_VARIANTS, KernelVariants, check_variants, rel_bias_grad
 
@@ -79,11 +80,6 @@ def _run_fwd(backend, q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dr
                                                dropout_p, scale, seed,
                                                variants=_reference_variants(kv))
     return torch.empty_like(q).copy_(out), lse.to(public_lse_dtype(q.dtype)).contiguous()
-
-
-def _reference_variants(kv: KernelVariants):
-    from .attention import _reference_variants as variants_of
-    return variants_of(kv)
 
 
 # The cpu backend's padded kernels with reference._attention's arguments;
@@ -168,9 +164,7 @@ def _(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed, max_seqle
       max_seqlen_k, causal, scale, dropout_p, backend, deterministic=False, window_left=-1,
       window_right=-1, softcap=0.0, alibi_slopes=None, rel_table=None, rel_buckets=None,
       rel_radius=0, rel_grad=False):
-    from .attention import drel_dtype
-    drel = (q.new_empty((q.shape[1], 2 * rel_radius + 1), dtype=drel_dtype(q.dtype, backend))
-            if rel_grad and rel_table is not None else q.new_empty((0,)))
+    drel = fake_drel(q, backend, rel_grad, rel_table, rel_radius)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), drel
 
 
