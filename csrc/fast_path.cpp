@@ -48,7 +48,6 @@
 
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <limits>
 #include <optional>
 #include <string>
@@ -98,6 +97,28 @@ const auto& attention_fwd_op() {
                     const OptTensor&, const OptTensor&, const OptTensor&, bool, double, double,
                     int64_t, int64_t, double, const OptTensor&, const OptTensor&,
                     const OptTensor&, int64_t, bool)>();
+  return op;
+}
+
+const auto& attention_varlen_fwd_op() {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastattn::attention_varlen_fwd_native", "")
+          .typed<T2(const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                    const OptTensor&, int64_t, int64_t, bool, double, double, int64_t, int64_t,
+                    double, const OptTensor&, const OptTensor&, const OptTensor&, int64_t)>();
+  return op;
+}
+
+const auto& attention_varlen_bwd_op() {
+  static const auto op =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("fastattn::attention_varlen_bwd_native", "")
+          .typed<T4(const Tensor&, const OptTensor&, const Tensor&, const Tensor&,
+                    const Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                    const OptTensor&, int64_t, int64_t, bool, double, double, int64_t, int64_t,
+                    double, const OptTensor&, const OptTensor&, const OptTensor&, int64_t,
+                    bool)>();
   return op;
 }
 
@@ -934,145 +955,22 @@ PyObject* py_attention(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 
 // ----------------------------------------------------- attention_varlen
 
-// The packed <-> padded copies of fastattn.reference (_to_padded,
-// _to_packed), which the cpu backend's varlen runs around its padded
-// kernels, as plain copies on CPU tensors: the kernels see the same values
-// in the same layout. Sequence b of cu (int32 prefix sums) is batch row b.
-
-// Copies `count` elements of `elem` bytes from src (stride ss elements) to
-// dst (stride ds elements).
-inline void copy_row(char* dst, int64_t ds, const char* src, int64_t ss, int64_t count,
-                     size_t elem) {
-  if (count == 1 || (ds == 1 && ss == 1)) {
-    std::memcpy(dst, src, static_cast<size_t>(count) * elem);
-    return;
-  }
-  for (int64_t i = 0; i < count; ++i) std::memcpy(dst + i * ds * elem, src + i * ss * elem, elem);
-}
-
-// Packed (total, H, D) -> padded (B, H, L, D): zeros (B * L, H, D) with
-// the sequences copied in, as the view (B, L, H, D).transpose(1, 2).
-Tensor to_padded(const Tensor& t, const std::vector<int32_t>& cu, int64_t L) {
-  const int64_t B = static_cast<int64_t>(cu.size()) - 1, H = t.size(1), D = t.size(2);
-  Tensor full = at::zeros({B * L, H, D}, t.options());
-  const size_t elem = t.element_size();
-  char* dst = static_cast<char*>(full.data_ptr());
-  const char* src = static_cast<const char*>(t.const_data_ptr());
-  const int64_t s0 = t.stride(0), s1 = t.stride(1), s2 = t.stride(2);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t tok = cu[b]; tok < cu[b + 1]; ++tok) {
-      const int64_t row = b * L + (tok - cu[b]);
-      for (int64_t h = 0; h < H; ++h) {
-        copy_row(dst + ((row * H + h) * D) * elem, 1, src + (tok * s0 + h * s1) * elem, s2, D,
-                 elem);
-      }
-    }
-  }
-  return full.view({B, L, H, D}).transpose(1, 2);
-}
-
-// Padded (B, H, L, D) -> packed, into a tensor like `like` (total, H, D):
-// reference._to_packed, then torch.empty_like(like).copy_(...).
-Tensor to_packed(const Tensor& p, const std::vector<int32_t>& cu, const Tensor& like) {
-  const int64_t B = static_cast<int64_t>(cu.size()) - 1, H = p.size(1), D = p.size(3);
-  Tensor res = at::empty_like(like);
-  const size_t elem = p.element_size();
-  char* dst = static_cast<char*>(res.data_ptr());
-  const char* src = static_cast<const char*>(p.const_data_ptr());
-  const int64_t r0 = res.stride(0), r1 = res.stride(1), r2 = res.stride(2);
-  const int64_t p0 = p.stride(0), p1 = p.stride(1), p2 = p.stride(2), p3 = p.stride(3);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t tok = cu[b]; tok < cu[b + 1]; ++tok) {
-      const int64_t i = tok - cu[b];
-      for (int64_t h = 0; h < H; ++h) {
-        copy_row(dst + (tok * r0 + h * r1) * elem, r2, src + (b * p0 + h * p1 + i * p2) * elem, p3,
-                 D, elem);
-      }
-    }
-  }
-  return res;
-}
-
-// Row statistics: padded (B, H, L) float64 lse -> packed (H, total) in
-// `dtype` (float32/float64), contiguous: _to_packed(lse.unsqueeze(-1))
-// [..., 0].transpose(0, 1), then .to(dtype).contiguous().
-Tensor lse_to_packed(const Tensor& lse, const std::vector<int32_t>& cu, int64_t total,
-                     at::ScalarType dtype) {
-  const int64_t B = static_cast<int64_t>(cu.size()) - 1, H = lse.size(1);
-  const Tensor l = lse.contiguous().to(at::kDouble);
-  const double* src = l.const_data_ptr<double>();
-  const int64_t L = l.size(2);
-  Tensor res = at::empty({H, total}, lse.options().dtype(dtype));
-  auto pack = [&](auto* dst) {
-    using P = std::remove_pointer_t<decltype(dst)>;
-    for (int64_t b = 0; b < B; ++b) {
-      for (int64_t tok = cu[b]; tok < cu[b + 1]; ++tok) {
-        const int64_t i = tok - cu[b];
-        for (int64_t h = 0; h < H; ++h) {
-          dst[h * total + tok] = static_cast<P>(src[(b * H + h) * L + i]);
-        }
-      }
-    }
-  };
-  if (dtype == at::kDouble) {
-    pack(res.data_ptr<double>());
-  } else {
-    pack(res.data_ptr<float>());
-  }
-  return res;
-}
-
-// Packed (H, total) statistics -> padded (B, H, L) contiguous, `fill`
-// outside the sequences (reference._attention_varlen_bwd: lse with -inf
-// there, dlse with 0).
-Tensor stat_to_padded(const Tensor& s, const std::vector<int32_t>& cu, int64_t L, double fill) {
-  const int64_t B = static_cast<int64_t>(cu.size()) - 1, H = s.size(0);
-  Tensor res = at::full({B, H, L}, fill, s.options());
-  const size_t elem = s.element_size();
-  char* dst = static_cast<char*>(res.data_ptr());
-  const char* src = static_cast<const char*>(s.const_data_ptr());
-  const int64_t s0 = s.stride(0), s1 = s.stride(1);
-  for (int64_t b = 0; b < B; ++b) {
-    for (int64_t tok = cu[b]; tok < cu[b + 1]; ++tok) {
-      const int64_t i = tok - cu[b];
-      for (int64_t h = 0; h < H; ++h) {
-        std::memcpy(dst + ((b * H + h) * L + i) * elem, src + (h * s0 + tok * s1) * elem, elem);
-      }
-    }
-  }
-  return res;
-}
-
-// The sequences' lengths as int64 (B,) (cu[1:] - cu[:-1]).
-Tensor lengths_of(const std::vector<int32_t>& cu) {
-  const int64_t B = static_cast<int64_t>(cu.size()) - 1;
-  Tensor res = at::empty({B}, at::TensorOptions().dtype(at::kLong));
-  for (int64_t b = 0; b < B; ++b) res.data_ptr<int64_t>()[b] = cu[b + 1] - cu[b];
-  return res;
-}
-
-std::vector<int32_t> cu_values(const Tensor& cu) {
-  const int32_t* p = cu.const_data_ptr<int32_t>();
-  return std::vector<int32_t>(p, p + cu.numel());
-}
-
 struct VarlenCfg {
   int64_t max_q, max_k;
   bool causal;
   double scale, dropout_p;
 };
 
-// attention_varlen_fwd of the cpu backend (attention_varlen.py: _run_fwd
-// with reference._attention_varlen around the padded kernels).
-T2 varlen_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const std::vector<int32_t>& cq,
-              const std::vector<int32_t>& ck, const OptTensor& seed, const VarlenCfg& c) {
+// attention_varlen_fwd of the cpu backend (attention_varlen.py: _run_fwd):
+// the packed kernels, lse in the public dtype (float32, float64 for float64).
+T2 varlen_fwd(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& cu_q,
+              const Tensor& cu_k, const OptTensor& seed, const VarlenCfg& c) {
+  at::AutoDispatchBelowADInplaceOrView below;
   NoGil no_gil;
-  const Tensor qp = to_padded(q, cq, c.max_q), kp = to_padded(k, ck, c.max_k),
-               vp = to_padded(v, ck, c.max_k);
-  auto [out, lse] = attention_fwd(qp, kp, vp, std::nullopt, lengths_of(cq), lengths_of(ck), seed,
-                                  c.causal, c.scale, c.dropout_p, false);
-  const at::ScalarType stat = q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  return {to_packed(out, cq, q), lse_to_packed(lse, cq, q.size(0), stat)};
+  auto [out, lse] = attention_varlen_fwd_op().call(q, k, v, cu_q, cu_k, seed, c.max_q, c.max_k,
+                                                   c.causal, c.scale, c.dropout_p, -1, -1, 0.0,
+                                                   std::nullopt, std::nullopt, std::nullopt, 0);
+  return {out, lse.to(q.scalar_type() == at::kDouble ? at::kDouble : at::kFloat)};
 }
 
 // attention_varlen.py: attention_varlen_fwd's registered autograd. As for
@@ -1081,7 +979,7 @@ struct VarlenFunction : public torch::autograd::Function<VarlenFunction> {
   static variable_list forward(AutogradContext* ctx, const Tensor& q, const Tensor& k,
                                const Tensor& v, const Tensor& cu_q, const Tensor& cu_k,
                                const OptTensor& seed, const VarlenCfg& cfg) {
-    auto [out, lse] = varlen_fwd(q, k, v, cu_values(cu_q), cu_values(cu_k), seed, cfg);
+    auto [out, lse] = varlen_fwd(q, k, v, cu_q, cu_k, seed, cfg);
     ctx->save_for_backward({q, k, v, out, lse, cu_q, cu_k, seed.value_or(Tensor())});
     ctx->saved_data["max_q"] = cfg.max_q;
     ctx->saved_data["max_k"] = cfg.max_k;
@@ -1095,7 +993,6 @@ struct VarlenFunction : public torch::autograd::Function<VarlenFunction> {
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const variable_list s = ctx->get_saved_variables();
     const Tensor &q = s[0], &k = s[1], &v = s[2], &out = s[3], &lse = s[4];
-    const std::vector<int32_t> cq = cu_values(s[5]), ck = cu_values(s[6]);
     const int64_t max_q = ctx->saved_data["max_q"].toInt();
     const int64_t max_k = ctx->saved_data["max_k"].toInt();
     Tensor dout = grads[0];
@@ -1103,20 +1000,13 @@ struct VarlenFunction : public torch::autograd::Function<VarlenFunction> {
     if (!dout.defined()) dout = at::zeros(out.sizes(), out.options());  // materialized
     if (dout.stride(-1) != 1) dout = dout.contiguous();
     if (dlse.defined()) dlse = dlse.contiguous();
-    // reference._attention_varlen_bwd on the padded batch.
-    const Tensor qp = to_padded(q, cq, max_q), kp = to_padded(k, ck, max_k),
-                 vp = to_padded(v, ck, max_k);
-    const Tensor outp = to_padded(out, cq, max_q), doutp = to_padded(dout, cq, max_q);
-    const Tensor lsep = stat_to_padded(lse, cq, max_q, -std::numeric_limits<double>::infinity());
-    OptTensor dlsep;
-    if (dlse.defined()) dlsep = stat_to_padded(dlse, cq, max_q, 0.0);
-    auto [dq, dk, dv, dmask] =
-        attention_bwd(doutp, dlsep, qp, kp, vp, outp, lsep, std::nullopt, lengths_of(cq),
-                      lengths_of(ck), opt(s[7]), ctx->saved_data["causal"].toBool(),
-                      ctx->saved_data["scale"].toDouble(), ctx->saved_data["p"].toDouble(),
-                      false);
-    return {to_packed(dq, cq, q), to_packed(dk, ck, k), to_packed(dv, ck, v),
-            Tensor(), Tensor(), Tensor(), Tensor()};
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [dq, dk, dv, drel] = attention_varlen_bwd_op().call(
+        dout, opt(dlse), q, k, v, out, lse, s[5], s[6], opt(s[7]), max_q, max_k,
+        ctx->saved_data["causal"].toBool(), ctx->saved_data["scale"].toDouble(),
+        ctx->saved_data["p"].toDouble(), -1, -1, 0.0, std::nullopt, std::nullopt, std::nullopt,
+        0, false);
+    return {dq, dk, dv, Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -1181,7 +1071,7 @@ PyObject* py_attention_varlen(PyObject*, PyObject* const* args, Py_ssize_t nargs
     out = std::move(outs[0]);
     lse = std::move(outs[1]);
   } else {
-    std::tie(out, lse) = varlen_fwd(q2, k2, v2, cu_values(cu_q), cu_values(cu_k), seed, cfg);
+    std::tie(out, lse) = varlen_fwd(q2, k2, v2, cu_q, cu_k, seed, cfg);
   }
   if (!return_lse) return wrap(out);
   return pair(wrap(out), wrap(lse));

@@ -47,6 +47,23 @@ TORCH_LIBRARY_FRAGMENT(fastattn, m) {
       "Tensor? rel_table=None, Tensor? rel_buckets=None, int rel_radius=0, "
       "bool rel_per_row=False, bool rel_grad=False) "
       "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // Contract: fastattn/ops/attention_varlen.py (the Python ops minus
+  // `backend` and `deterministic`; the variants always per sequence). lse
+  // (Hq, total_q) float64; the backward reads a float32 or float64 lse and
+  // returns drel as attention_bwd_native does.
+  m.def(
+      "attention_varlen_fwd_native(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, "
+      "Tensor cu_seqlens_k, Tensor? seed, int max_seqlen_q, int max_seqlen_k, bool causal, "
+      "float scale, float dropout_p, int window_left=-1, int window_right=-1, "
+      "float softcap=0., Tensor? alibi_slopes=None, Tensor? rel_table=None, "
+      "Tensor? rel_buckets=None, int rel_radius=0) -> (Tensor, Tensor)");
+  m.def(
+      "attention_varlen_bwd_native(Tensor dout, Tensor? dlse, Tensor q, Tensor k, Tensor v, "
+      "Tensor out, Tensor lse, Tensor cu_seqlens_q, Tensor cu_seqlens_k, Tensor? seed, "
+      "int max_seqlen_q, int max_seqlen_k, bool causal, float scale, float dropout_p, "
+      "int window_left=-1, int window_right=-1, float softcap=0., "
+      "Tensor? alibi_slopes=None, Tensor? rel_table=None, Tensor? rel_buckets=None, "
+      "int rel_radius=0, bool rel_grad=False) -> (Tensor, Tensor, Tensor, Tensor)");
 }
 
 #ifndef TORCH_EXTENSION_NAME

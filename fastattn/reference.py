@@ -294,32 +294,25 @@ def _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen
 
 
 def _attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal,
-                      dropout_p, scale, seed=None, padded=None,
-                      variants: Variants = NO_VARIANTS):
+                      dropout_p, scale, seed=None, variants: Variants = NO_VARIANTS):
     """(out (total_q, Hq, D), lse (Hq, total_q)) of packed sequences, as the
     padded batch with per-row lengths: causal is bottom-right per sequence,
     and dropout draws the padded layout's mask (row (b * Hq + h) *
-    max_seqlen_q + i), which is what the kernels draw for packed inputs.
-    `padded` computes the padded batch's (out, lse) with _attention's
-    arguments (default: _attention itself with `variants`, per sequence:
-    rel_per_row; the cpu backend passes its padded kernels)."""
+    max_seqlen_q + i), which is what the kernels draw for packed inputs;
+    the variants per sequence (rel_per_row)."""
     qp, kp, vp, ql, kl, pos_q, _ = _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k,
                                                   max_seqlen_q, max_seqlen_k)
-    if padded is None:
-        def padded(*args):
-            return _attention(*args, variants=variants, rel_per_row=True)
-    out, lse = padded(qp, kp, vp, causal, None, ql, kl, dropout_p, scale, seed)
+    out, lse = _attention(qp, kp, vp, causal, None, ql, kl, dropout_p, scale, seed,
+                          variants=variants, rel_per_row=True)
     lse_packed = _to_packed(lse.unsqueeze(-1), pos_q)[..., 0].transpose(0, 1)
     return _to_packed(out, pos_q), lse_packed
 
 
 def _attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k,
                           max_seqlen_q, max_seqlen_k, causal, scale, dropout_p=0.0, seed=None,
-                          padded_bwd=None, variants: Variants = NO_VARIANTS):
-    """(dq, dk, dv, extra) of _attention_varlen by _attention_bwd (or
-    `padded_bwd`, same arguments) on the padded batch; extra is the padded
-    backward's fifth output (the rel_bias table's gradient for
-    _attention_bwd)."""
+                          variants: Variants = NO_VARIANTS):
+    """(dq, dk, dv, drel) of _attention_varlen by _attention_bwd on the
+    padded batch; drel is its fifth output (the rel_bias table's gradient)."""
     qp, kp, vp, ql, kl, pos_q, pos_k = _varlen_padded(q, k, v, cu_seqlens_q, cu_seqlens_k,
                                                       max_seqlen_q, max_seqlen_k)
     B = qp.shape[0]
@@ -330,12 +323,10 @@ def _attention_varlen_bwd(dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlen
     doutp = _to_padded(dout, pos_q, B, max_seqlen_q)
     dlsep = (None if dlse is None else
              _to_padded(dlse.transpose(0, 1).unsqueeze(-1), pos_q, B, max_seqlen_q)[..., 0])
-    if padded_bwd is None:
-        def padded_bwd(*args):
-            return _attention_bwd(*args, variants=variants, rel_per_row=True)
-    dq, dk, dv, _, extra = padded_bwd(doutp, dlsep, qp, kp, vp, outp, lsep, None, ql, kl,
-                                      causal, scale, dropout_p, seed)
-    return _to_packed(dq, pos_q), _to_packed(dk, pos_k), _to_packed(dv, pos_k), extra
+    dq, dk, dv, _, drel = _attention_bwd(doutp, dlsep, qp, kp, vp, outp, lsep, None, ql, kl,
+                                         causal, scale, dropout_p, seed, variants=variants,
+                                         rel_per_row=True)
+    return _to_packed(dq, pos_q), _to_packed(dk, pos_k), _to_packed(dv, pos_k), drel
 
 
 def attention_varlen(q: Tensor, k: Tensor, v: Tensor, cu_seqlens_q: Tensor,

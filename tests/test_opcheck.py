@@ -26,7 +26,8 @@ ATTN = [pytest.param("reference", "cpu", id="reference-cpu")] + backend_params("
 # Every op this file checks; test_every_op_is_checked fails on a new one.
 CHECKED = {"norm_fwd", "norm_bwd", "attention_fwd", "attention_bwd", "attention_varlen_fwd",
            "attention_varlen_bwd", "norm_fwd_native", "norm_bwd_native", "attention_fwd_native",
-           "attention_bwd_native", "cpu_isa_native"}
+           "attention_bwd_native", "attention_varlen_fwd_native", "attention_varlen_bwd_native",
+           "cpu_isa_native"}
 
 
 def _registered_ops() -> set[str]:
@@ -222,6 +223,28 @@ def test_native_attention_schema(device):
     out, lse = fwd(*args)
     torch.library.opcheck(bwd, (torch.randn_like(out), None, q, k, v, out, lse, None, None,
                                 kv_lengths, None, True, 0.2, 0.0, False),
+                          test_utils="test_schema")
+
+
+def test_native_varlen_schema():
+    """The packed cpu ops (no CUDA kernel: attention_varlen on cuda runs on
+    triton), with dropout, every variant and the table's gradient."""
+    from fastattn.ops.variants import KernelVariants, RelativePositionBias, Variants
+    fwd, bwd = _native("attention_varlen_fwd_native"), _native("attention_varlen_bwd_native")
+    cu_q = torch.tensor([0, 5, 5, 14], dtype=torch.int32)
+    cu_k = torch.tensor([0, 7, 10, 19], dtype=torch.int32)
+    q, k, v = torch.randn(14, 4, 24), torch.randn(19, 2, 24), torch.randn(19, 2, 24)
+    variants = Variants((5, 2), torch.full((1, 4), 0.3), 3.0,
+                        RelativePositionBias(torch.randn(8, 4), bidirectional=False,
+                                             max_distance=12))
+    kv = attn_ops.kernel_args(KernelVariants.of(variants, 9, 12, torch.device("cpu")))
+    seed = torch.tensor([77], dtype=torch.int64)
+    args = (q, k, v, cu_q, cu_k, seed, 9, 12, True, 0.2, 0.1) + kv
+    torch.library.opcheck(fwd, args, test_utils="test_schema")
+    out, lse = fwd(*args)
+    assert lse.shape == (4, 14) and lse.dtype == torch.float64
+    torch.library.opcheck(bwd, (torch.randn_like(out), torch.randn_like(lse), q, k, v, out, lse,
+                                cu_q, cu_k, seed, 9, 12, True, 0.2, 0.1) + kv + (True,),
                           test_utils="test_schema")
 
 

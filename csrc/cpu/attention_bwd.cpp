@@ -159,27 +159,30 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
     const int64_t j_hi = std::clamp<int64_t>(kv_len, j_lo, j_end);  // its valid keys
     const int64_t nkeys = j_hi - j_lo;
 
-    T* dkb = p.dk + b * p.dks.b + hk * p.dks.h;
-    T* dvb = p.dv + b * p.dvs.b + hk * p.dvs.h;
-    zero_rows(dkb, p.dks.l, j_hi, j_end, D);
-    zero_rows(dvb, p.dvs.l, j_hi, j_end, D);
+    T* dkb = p.dk + pb.k_offset(p.dks, b) + hk * p.dks.h;
+    T* dvb = p.dv + pb.k_offset(p.dvs, b) + hk * p.dvs.h;
+    if (!pb.packed()) {  // the padded keys' gradients are 0
+      zero_rows(dkb, p.dks.l, j_hi, j_end, D);
+      zero_rows(dvb, p.dvs.l, j_hi, j_end, D);
+    }
     if (nkeys == 0 && sp.chunks > 1) continue;  // partial dq stays 0
 
     int64_t kld = 0, vld = 0;
-    const A* kr = tiles::rows_operand(p.k + b * p.ks.b + hk * p.ks.h + j_lo * p.ks.l, p.ks.l,
-                                      nkeys, D, kw, kld);
-    const A* vr = tiles::rows_operand(p.v + b * p.vs.b + hk * p.vs.h + j_lo * p.vs.l, p.vs.l,
-                                      nkeys, D, vw, vld);
+    const A* kr = tiles::rows_operand(p.k + pb.k_offset(p.ks, b) + hk * p.ks.h + j_lo * p.ks.l,
+                                      p.ks.l, nkeys, D, kw, kld);
+    const A* vr = tiles::rows_operand(p.v + pb.k_offset(p.vs, b) + hk * p.vs.h + j_lo * p.vs.l,
+                                      p.vs.l, nkeys, D, vw, vld);
     std::fill(dk_acc, dk_acc + nkeys * D, A(0));
     std::fill(dv_acc, dv_acc + nkeys * D, A(0));
 
     for (int64_t g = 0; g < group; ++g) {
       const int64_t h = hk * group + g;
-      const int64_t row0 = (b * pb.Hq + h) * pb.Lq;  // of lse, delta, dbias, dropout
-      const T* qbase = p.q + b * p.qs.b + h * p.qs.h;
-      const T* dobase = p.dout + b * p.dos.b + h * p.dos.h;
-      T* dqb = p.dq + b * p.dqs.b + h * p.dqs.h;
-      if (sp.chunks == 1) zero_rows(dqb, p.dqs.l, q_len, pb.Lq, D);
+      const int64_t row0 = (b * pb.Hq + h) * pb.Lq;  // of delta, dbias, dropout
+      const int64_t lse0 = pb.lse_row(b, h);          // of lse, dlse
+      const T* qbase = p.q + pb.q_offset(p.qs, b) + h * p.qs.h;
+      const T* dobase = p.dout + pb.q_offset(p.dos, b) + h * p.dos.h;
+      T* dqb = p.dq + pb.q_offset(p.dqs, b) + h * p.dqs.h;
+      if (sp.chunks == 1 && !pb.packed()) zero_rows(dqb, p.dqs.l, q_len, pb.Lq, D);
 
       for (int64_t i0 = 0; i0 < q_len; i0 += BM) {
         const int64_t rows = std::min(BM, q_len - i0);
@@ -208,7 +211,7 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
           // row). An empty row (lse = -inf) shifts by +inf: p = 0. Padding
           // columns beyond the block's rows get p = 0 and delta 0.
           for (int64_t c = 0; c < cols; ++c) {
-            const double lse = c < rows ? p.lse[row0 + i0 + c] : kNegInf<double>;
+            const double lse = c < rows ? p.lse[lse0 + i0 + c] : kNegInf<double>;
             shift[c] = lse == kNegInf<double> ? kInf : static_cast<A>(lse);
             shift_lo[c] = lse == kNegInf<double> ? A(0)
                                                  : static_cast<A>(lse - static_cast<double>(shift[c]));
@@ -267,7 +270,7 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
         }
         if (sp.chunks == 1) {
           if (own_delta) {
-            own_delta_correction(dq_acc, b_acc, dlt, p.dlse ? p.dlse + row0 + i0 : nullptr,
+            own_delta_correction(dq_acc, b_acc, dlt, p.dlse ? p.dlse + lse0 + i0 : nullptr,
                                  c_sum, rows, D);
           }
           store_rows(dqb, p.dqs.l, i0, rows, D, dq_acc, scale);
@@ -318,14 +321,13 @@ std::vector<acc_t<T>> row_deltas(const BwdParams<T>& p) {
     for (int64_t bh = bh0; bh < bh1; ++bh) {
       const int64_t b = bh / pb.Hq, h = bh % pb.Hq;
       for (int64_t i = 0; i < pb.q_len[b]; ++i) {
-        const T* __restrict dor = p.dout + b * p.dos.b + h * p.dos.h + i * p.dos.l;
-        const T* __restrict orow = p.out + b * p.os.b + h * p.os.h + i * p.os.l;
+        const T* __restrict dor = p.dout + pb.q_offset(p.dos, b) + h * p.dos.h + i * p.dos.l;
+        const T* __restrict orow = p.out + pb.q_offset(p.os, b) + h * p.os.h + i * p.os.l;
         double sum = 0;
         for (int64_t d = 0; d < pb.D; ++d)
           sum += static_cast<double>(dor[d]) * static_cast<double>(orow[d]);
-        const int64_t r = bh * pb.Lq + i;
-        if (p.dlse != nullptr) sum -= static_cast<double>(p.dlse[r]);
-        delta[r] = static_cast<A>(sum);
+        if (p.dlse != nullptr) sum -= static_cast<double>(p.dlse[pb.lse_row(b, h) + i]);
+        delta[bh * pb.Lq + i] = static_cast<A>(sum);
       }
     }
   });
@@ -419,6 +421,8 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
     std::vector<A> sum(static_cast<size_t>(D)), b_sum(static_cast<size_t>(D));
     for (int64_t r = begin; r < end; ++r) {
+      const int64_t i = r % pb.Lq, h = (r / pb.Lq) % pb.Hq, b = r / (pb.Lq * pb.Hq);
+      if (pb.packed() && i >= pb.q_len[b]) continue;  // no such row
       const A* part = sp.dq_part + r * D;
       std::copy(part, part + D, sum.begin());
       for (int64_t c = 1; c < sp.chunks; ++c)
@@ -432,10 +436,9 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
           c_total += sp.c_part[c * rows + r];
         }
         own_delta_correction(sum.data(), b_sum.data(), sp.delta + r,
-                             p.dlse ? p.dlse + r : nullptr, &c_total, 1, D);
+                             p.dlse ? p.dlse + pb.lse_row(b, h) + i : nullptr, &c_total, 1, D);
       }
-      const int64_t i = r % pb.Lq, h = (r / pb.Lq) % pb.Hq, b = r / (pb.Lq * pb.Hq);
-      T* o = p.dq + b * p.dqs.b + h * p.dqs.h + i * p.dqs.l;
+      T* o = p.dq + pb.q_offset(p.dqs, b) + h * p.dqs.h + i * p.dqs.l;
       for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(sum[d] * scale);
     }
   });

@@ -27,7 +27,8 @@ constexpr int64_t tile_columns(int64_t rows) {
   return cols < kBlockM ? cols : kBlockM;
 }
 
-// Strides (elements) of a (B, H, L, D) tensor whose last dim is contiguous.
+// Strides (elements) of a (B, H, L, D) tensor whose last dim is contiguous;
+// of a packed (total, H, D) one, b is unused (Problem::q_start, k_start).
 struct Strides {
   int64_t b = 0, h = 0, l = 0;
 };
@@ -51,6 +52,26 @@ struct Problem {
   double scale = 1.0;               // multiplies q . k
   DropoutCfg drop;
   ScoreMods mods;                   // windows, ALiBi, softcap, relative bias (attention_scores.h)
+  // Packed sequences (attention_varlen): q, out, dout, dq are (total_q, H,
+  // D) and k, v, dk, dv (total_k, H, D), sequence b's rows starting at token
+  // q_start[b] / k_start[b]; lse and dlse (Hq, total_q). There are no
+  // padded rows to write. Null for a padded batch.
+  const int64_t* q_start = nullptr;
+  const int64_t* k_start = nullptr;
+  int64_t total_q = 0;
+
+  bool packed() const { return q_start != nullptr; }
+  // Element offset of batch row b in a query-side / key-side tensor.
+  int64_t q_offset(const Strides& s, int64_t b) const {
+    return packed() ? q_start[b] * s.l : b * s.b;
+  }
+  int64_t k_offset(const Strides& s, int64_t b) const {
+    return packed() ? k_start[b] * s.l : b * s.b;
+  }
+  // Index of row 0 of (b, h) in lse and dlse.
+  int64_t lse_row(int64_t b, int64_t h) const {
+    return packed() ? h * total_q + q_start[b] : (b * Hq + h) * Lq;
+  }
 };
 
 // Forward: T the input dtype, A = tiles::acc_t<T>.
@@ -61,7 +82,7 @@ struct FwdParams {
   const T* k = nullptr;    // (B, Hkv, Lk, D)
   const T* v = nullptr;    // (B, Hkv, Lk, D)
   T* out = nullptr;        // (B, Hq, Lq, D)
-  // (B, Hq, Lq) contiguous, natural log, float64 whatever T: the backward
+  // (B, Hq, Lq) contiguous (packed: (Hq, total_q)), natural log, float64 whatever T: the backward
   // recomputes p = e^(s - lse) and needs lse exact to far below a float's
   // rounding at |lse| (attention_bwd.cpp).
   double* lse = nullptr;
@@ -76,8 +97,8 @@ struct BwdParams {
   const T* v = nullptr;     // (B, Hkv, Lk, D)
   const T* dout = nullptr;  // (B, Hq, Lq, D)
   const T* out = nullptr;   // (B, Hq, Lq, D) the forward's output
-  const double* lse = nullptr;             // (B, Hq, Lq) contiguous, float64
-  const tiles::acc_t<T>* dlse = nullptr;   // (B, Hq, Lq) dlse_i (0 where lse = -inf), or null
+  const double* lse = nullptr;             // like FwdParams::lse, float64
+  const tiles::acc_t<T>* dlse = nullptr;   // like lse: dlse_i (0 where lse = -inf), or null
   T* dq = nullptr;          // (B, Hq, Lq, D)
   T* dk = nullptr;          // (B, Hkv, Lk, D)
   T* dv = nullptr;          // (B, Hkv, Lk, D)

@@ -52,13 +52,17 @@ FASTATTN_INLINE FwdItem fwd_item(const Problem& pb, int64_t item) {
   return {item / (n_mblocks * pb.Hq), (item / n_mblocks) % pb.Hq, item % n_mblocks};
 }
 
-// The valid rows of query block mb of batch row b, and the keys they may
-// attend (lengths, causal, window: attention_scores.h).
-FASTATTN_INLINE KeyRange fwd_extent(const Problem& pb, int64_t b, int64_t mb, int64_t& rows) {
+// The rows of query block mb of batch row b the item writes (`rows_all`:
+// the padded ones too, none of them in packed sequences), the valid ones
+// (`rows`), and the keys these may attend (lengths, causal, window:
+// attention_scores.h).
+FASTATTN_INLINE KeyRange fwd_extent(const Problem& pb, int64_t b, int64_t mb, int64_t& rows,
+                                    int64_t& rows_all) {
   const int64_t m0 = mb * kBlockM;
-  const int64_t rows_all = std::min(kBlockM, pb.Lq - m0);
   const int64_t q_len = pb.q_len[b], kv_len = pb.kv_len[b];
+  rows_all = std::min(kBlockM, pb.Lq - m0);
   rows = std::clamp<int64_t>(q_len - m0, 0, rows_all);
+  if (pb.packed()) rows_all = rows;
   return KeyRange(m0, rows, kv_len, kv_len - q_len, pb.causal, pb.mods);
 }
 
@@ -104,22 +108,22 @@ FASTATTN_INLINE void fwd_items(const FwdParams<T>& p, WorkQueue& queue) {
     const auto [b, h, mb] = fwd_item(pb, item);
     const int64_t hk = h / group;
     const int64_t m0 = mb * BM;
-    const int64_t rows_all = std::min(BM, pb.Lq - m0);
     const int64_t diag = pb.kv_len[b] - pb.q_len[b];
-    int64_t rows;
-    const KeyRange keys = fwd_extent(pb, b, mb, rows);
+    int64_t rows, rows_all;
+    const KeyRange keys = fwd_extent(pb, b, mb, rows, rows_all);
+    if (rows_all == 0) continue;
     // Query columns computed: the valid rows rounded up to a vector, or, for
     // a few rows (decoding), just those, as dot products.
     const bool dots = rows <= kDotRows;
     const int64_t cols = dots ? rows : tile_columns<VB, A>(rows);
     const int64_t ld = dots ? rows : BM;  // of the score tile
 
-    const T* kbase = p.k + b * p.ks.b + hk * p.ks.h;
-    const T* vbase = p.v + b * p.vs.b + hk * p.vs.h;
-    T* obase = p.out + b * p.os.b + h * p.os.h + m0 * p.os.l;
-    double* lse = p.lse + (b * pb.Hq + h) * pb.Lq + m0;
+    const T* kbase = p.k + pb.k_offset(p.ks, b) + hk * p.ks.h;
+    const T* vbase = p.v + pb.k_offset(p.vs, b) + hk * p.vs.h;
+    T* obase = p.out + pb.q_offset(p.os, b) + h * p.os.h + m0 * p.os.l;
+    double* lse = p.lse + pb.lse_row(b, h) + m0;
 
-    const T* qrows = p.q + b * p.qs.b + h * p.qs.h + m0 * p.qs.l;
+    const T* qrows = p.q + pb.q_offset(p.qs, b) + h * p.qs.h + m0 * p.qs.l;
     if (dots) {
       tiles::load_rows(qt, qrows, p.qs.l, rows, D, scale);  // scale Q, rows x D
     } else {
@@ -222,13 +226,13 @@ void attention_fwd_kernel(const FwdParams<T>& p) {
   const int64_t items = pb.B * pb.Hq * ((pb.Lq + kBlockM - 1) / kBlockM);
   if (items == 0) return;
   // Cost of an item: the score elements it computes (its valid rows times
-  // the keys they reach), plus writing its rows for the rows that are padding.
+  // the keys they reach), plus writing its rows (the padded ones too).
   std::vector<int64_t> cost(static_cast<size_t>(items));
   for (int64_t item = 0; item < items; ++item) {
     const FwdItem it = fwd_item(pb, item);
-    int64_t rows;
-    const KeyRange keys = fwd_extent(pb, it.b, it.mb, rows);
-    cost[item] = rows * (keys.hi - keys.lo) + kBlockM;
+    int64_t rows, rows_all;
+    const KeyRange keys = fwd_extent(pb, it.b, it.mb, rows, rows_all);
+    cost[item] = rows * (keys.hi - keys.lo) + rows_all;
   }
   WorkQueue queue(cost);
   const auto run = FASTATTN_PICK_VARIANT(fwd_items, T);

@@ -21,11 +21,12 @@ the mask of the padded batch these sequences form: element (b, h, i, j) at
 row (b * Hq + h) * max_seqlen_q + i, col j (fastattn._rng), so varlen and
 the padded path with lengths agree under the same seed.
 
-Backends: triton (native packed kernels: the grid's batch axis indexes
-sequences, offsets come from cu_seqlens; no padding is materialized), cpu
-(copies the sequences into the padded batch, runs the C++ padded kernels
-with lengths, which skip the padding, and packs the results) and reference
-(the same with the reference). Determinism and the
+Backends: triton and cpu run packed kernels (triton: the grid's batch axis
+indexes sequences; cpu: fastattn::attention_varlen_fwd_native /
+attention_varlen_bwd_native, the padded C++ kernels reading each sequence
+at its cu_seqlens offset; offsets come from cu_seqlens, no padding is
+materialized), reference copies the sequences into the padded batch and
+runs the reference with lengths. Determinism and the
 `deterministic` flag as for attention (fastattn/ops/attention.py).
 """
 
@@ -71,35 +72,15 @@ def _run_fwd(backend, q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dr
         return triton_attention.attention_varlen_fwd(q, k, v, cu_q, cu_k, max_q, max_k, seed,
                                                      causal, scale, dropout_p, deterministic,
                                                      kv if kv.any else None)
-    from .. import reference
     if backend == "cpu":
-        out, lse = reference._attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal,
-                                               dropout_p, scale, seed, padded=_native_padded(kv))
-    else:
-        out, lse = reference._attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal,
-                                               dropout_p, scale, seed,
-                                               variants=_reference_variants(kv))
+        out, lse = torch.ops.fastattn.attention_varlen_fwd_native(
+            q, k, v, cu_q, cu_k, seed, max_q, max_k, causal, scale, dropout_p, *kernel_args(kv))
+        return out, lse.to(public_lse_dtype(q.dtype))
+    from .. import reference
+    out, lse = reference._attention_varlen(q, k, v, cu_q, cu_k, max_q, max_k, causal,
+                                           dropout_p, scale, seed,
+                                           variants=_reference_variants(kv))
     return torch.empty_like(q).copy_(out), lse.to(public_lse_dtype(q.dtype)).contiguous()
-
-
-# The cpu backend's padded kernels with reference._attention's arguments;
-# the variants per sequence (rel_per_row).
-def _native_padded(kv: KernelVariants):
-    def fwd(q, k, v, causal, mask, q_lengths, kv_lengths, dropout_p, scale, seed):
-        return torch.ops.fastattn.attention_fwd_native(q, k, v, mask, q_lengths, kv_lengths,
-                                                       seed, causal, scale, dropout_p,
-                                                       *kernel_args(kv), True)
-    return fwd
-
-
-def _native_padded_bwd(kv: KernelVariants, rel_grad: bool):
-    def bwd(dout, dlse, q, k, v, out, lse, mask, q_lengths, kv_lengths, causal, scale,
-            dropout_p, seed):
-        return torch.ops.fastattn.attention_bwd_native(dout, dlse, q, k, v, out, lse, mask,
-                                                       q_lengths, kv_lengths, seed, causal,
-                                                       scale, dropout_p, False,
-                                                       *kernel_args(kv), True, rel_grad)
-    return bwd
 
 
 @torch.library.custom_op("fastattn::attention_varlen_fwd", mutates_args=())
@@ -147,16 +128,16 @@ def attention_varlen_bwd(dout: Tensor, dlse: Optional[Tensor], q: Tensor, k: Ten
                                                       dropout_p, deterministic,
                                                       kv if kv.any else None, rel_grad)
         return grads if kv.any else (*grads, q.new_empty((0,)))
-    from .. import reference
-    args = (dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q,
-            max_seqlen_k, causal, scale, dropout_p, seed)
     if backend == "cpu":
-        dq, dk, dv, drel = reference._attention_varlen_bwd(
-            *args, padded_bwd=_native_padded_bwd(kv, rel_grad))
-    else:
-        dq, dk, dv, _ = reference._attention_varlen_bwd(*args, variants=_reference_variants(kv))
-        drel = q.new_empty((0,))
-    return (*(torch.empty_like(t).copy_(g) for t, g in zip((q, k, v), (dq, dk, dv))), drel)
+        return torch.ops.fastattn.attention_varlen_bwd_native(
+            dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, seed, max_seqlen_q,
+            max_seqlen_k, causal, scale, dropout_p, *kernel_args(kv), rel_grad)
+    from .. import reference
+    dq, dk, dv, _ = reference._attention_varlen_bwd(
+        dout, dlse, q, k, v, out, lse, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
+        causal, scale, dropout_p, seed, variants=_reference_variants(kv))
+    return (*(torch.empty_like(t).copy_(g) for t, g in zip((q, k, v), (dq, dk, dv))),
+            q.new_empty((0,)))
 
 
 @attention_varlen_bwd.register_fake
