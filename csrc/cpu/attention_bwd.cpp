@@ -40,6 +40,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
 #include <vector>
 
 #include "cpu/attention_cpu.h"
@@ -66,6 +67,11 @@ struct BwdPlan {
   A* dq_part = nullptr;        // (chunks, B, Hq, Lq, D) partial dq when chunks > 1
   A* b_part = nullptr;         // the same for B (own delta, see above)
   double* c_part = nullptr;    // (chunks, B, Hq, Lq) partial C (own delta)
+  // (chunks, B, Hq, query blocks): whether the chunk stored partials for the
+  // block's valid rows. Only those are read, so the partial buffers need no
+  // clearing, and with causal or a window (where a chunk's keys reach a
+  // band of queries) their untouched pages are never even mapped.
+  uint8_t* stored = nullptr;
   double* drel_part = nullptr; // (chunks, B, Hq, 2R + 1) partial sums of ds per relative position
 };
 
@@ -110,6 +116,7 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
   const int64_t D = pb.D, BM = kBlockM, BN = kBlockN;
   const int64_t group = pb.Hq / pb.Hkv;
   const int64_t chunk_keys = sp.blocks * BN;
+  const int64_t n_qblocks = (pb.Lq + BM - 1) / BM;
   const A scale = static_cast<A>(pb.scale);
   const A drop_scale = static_cast<A>(pb.drop.scale);
   constexpr A kInf = std::numeric_limits<A>::infinity();
@@ -123,7 +130,7 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
   const bool cap = pb.mods.softcap > 0;
   std::vector<A> buf(static_cast<size_t>(4 * chunk_keys * D + 2 * D * BM + 4 * BM * D +
                                          5 * BN * BM + 4 * BM + BN));
-  std::vector<double> c_buf(static_cast<size_t>(BM));
+  std::vector<double> c_buf(static_cast<size_t>(BM + BN + BM));
   A* kw = buf.data();
   A* vw = kw + chunk_keys * D;
   A* dk_acc = vw + chunk_keys * D;
@@ -144,6 +151,7 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
   A* pf = cap_t + BN * BM;        // softcap and own delta: p (1 - tanh^2)
   A* diag_bias = pf + BN * BM;    // the relative bias along a tile's diagonals
   double* c_sum = c_buf.data();   // C_i = sum_j p_ij dp_ij (own delta)
+  double* diag_sums = c_sum + BM; // a tile's ds summed per diagonal (relative bias)
   std::vector<uint32_t> keys(static_cast<size_t>(2 * BM));
   uint32_t* ka = keys.data();
   uint32_t* kb = ka + BM;
@@ -262,7 +270,8 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
                 for (int64_t c = 0; c < rows; ++c) dbias[c * pb.Lk + j] = dpt[j * BM + c];
             }
             if (drel != nullptr)
-              add_by_diagonal(dpt, BM, nb, rows, drel, j0 - i0 - rel_off + pb.mods.rel_radius);
+              add_by_diagonal(dpt, BM, nb, rows, drel, j0 - i0 - rel_off + pb.mods.rel_radius,
+                              diag_sums);
             if (cap) tiles::col_product(dpt, cap_t, dpt, BM, nb, cols);
             tiles::gemm_acc<VB>(nb, D, rows, dpt, BM, 1, qr, qld, dkj, D);   // dk += ds^T q
             tiles::gemm_acc<VB>(rows, D, nb, dpt, 1, BM, kj, kld, dq_acc, D);  // dq += ds k
@@ -276,6 +285,7 @@ FASTATTN_INLINE void bwd_items(const BwdParams<T>& p, const BwdPlan<acc_t<T>>& s
           store_rows(dqb, p.dqs.l, i0, rows, D, dq_acc, scale);
         } else {
           const int64_t row = (chunk * pb.B * pb.Hq + b * pb.Hq + h) * pb.Lq + i0;
+          sp.stored[((chunk * pb.B + b) * pb.Hq + h) * n_qblocks + i0 / BM] = 1;
           std::copy(dq_acc, dq_acc + rows * D, sp.dq_part + row * D);
           if (own_delta) {
             std::copy(b_acc, b_acc + rows * D, sp.b_part + row * D);
@@ -377,9 +387,12 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
   sp.chunks = std::min(n_blocks, (kMinBwdItems + heads - 1) / heads);
   sp.blocks = (n_blocks + sp.chunks - 1) / sp.chunks;
   sp.chunks = (n_blocks + sp.blocks - 1) / sp.blocks;
-  std::vector<A> dq_part, b_part;
-  std::vector<double> c_part;
+  // Partial buffers left uninitialized (BwdPlan::stored says what is valid).
+  std::unique_ptr<A[]> dq_part, b_part;
+  std::unique_ptr<double[]> c_part;
+  std::vector<uint8_t> stored;
   const int64_t rows = pb.B * pb.Hq * pb.Lq;
+  const int64_t n_qblocks = (pb.Lq + kBlockM - 1) / kBlockM;
   std::vector<double> drel_part;
   const int64_t rel_width = 2 * pb.mods.rel_radius + 1;
   if (p.drel != nullptr) {
@@ -387,13 +400,16 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
     sp.drel_part = drel_part.data();
   }
   if (sp.chunks > 1) {
-    dq_part.assign(static_cast<size_t>(sp.chunks * rows * pb.D), A(0));
-    sp.dq_part = dq_part.data();
+    const size_t n = static_cast<size_t>(sp.chunks * rows * pb.D);
+    dq_part.reset(new A[n]);
+    sp.dq_part = dq_part.get();
+    stored.assign(static_cast<size_t>(sp.chunks * pb.B * pb.Hq * n_qblocks), 0);
+    sp.stored = stored.data();
     if (p.own_delta_dq) {
-      b_part.assign(dq_part.size(), A(0));
-      c_part.assign(static_cast<size_t>(sp.chunks * rows), 0.0);
-      sp.b_part = b_part.data();
-      sp.c_part = c_part.data();
+      b_part.reset(new A[n]);
+      c_part.reset(new double[static_cast<size_t>(sp.chunks * rows)]);
+      sp.b_part = b_part.get();
+      sp.c_part = c_part.get();
     }
   }
   WorkQueue queue(bwd_costs(pb, sp));
@@ -414,8 +430,10 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
   }
   if (sp.chunks == 1) return;
 
-  // dq = scale * (sum of the chunks' partials, in chunk order), per row;
-  // with own delta, plus (delta - sum of C) * (sum of B).
+  // dq = scale * (sum of the chunks' stored partials, in chunk order), per
+  // row (a chunk that stored none adds nothing: its keys are beyond the
+  // row's reach); with own delta, plus (delta - sum of C) * (sum of B).
+  // Padded rows get 0; packed sequences have none.
   const int64_t D = pb.D, stride = rows * D;
   const A scale = static_cast<A>(pb.scale);
   at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
@@ -423,22 +441,30 @@ void attention_bwd_kernel(const BwdParams<T>& p) {
     for (int64_t r = begin; r < end; ++r) {
       const int64_t i = r % pb.Lq, h = (r / pb.Lq) % pb.Hq, b = r / (pb.Lq * pb.Hq);
       if (pb.packed() && i >= pb.q_len[b]) continue;  // no such row
-      const A* part = sp.dq_part + r * D;
-      std::copy(part, part + D, sum.begin());
-      for (int64_t c = 1; c < sp.chunks; ++c)
-        for (int64_t d = 0; d < D; ++d) sum[d] += part[c * stride + d];
-      if (p.own_delta_dq) {
-        const A* bp = sp.b_part + r * D;
-        std::copy(bp, bp + D, b_sum.begin());
-        double c_total = sp.c_part[r];
-        for (int64_t c = 1; c < sp.chunks; ++c) {
-          for (int64_t d = 0; d < D; ++d) b_sum[d] += bp[c * stride + d];
-          c_total += sp.c_part[c * rows + r];
+      T* o = p.dq + pb.q_offset(p.dqs, b) + h * p.dqs.h + i * p.dqs.l;
+      if (i >= pb.q_len[b]) {
+        std::fill(o, o + D, T(0));
+        continue;
+      }
+      std::fill(sum.begin(), sum.end(), A(0));
+      std::fill(b_sum.begin(), b_sum.end(), A(0));
+      double c_total = 0.0;
+      bool any = false;
+      for (int64_t c = 0; c < sp.chunks; ++c) {
+        if (!sp.stored[((c * pb.B + b) * pb.Hq + h) * n_qblocks + i / kBlockM]) continue;
+        const A* part = sp.dq_part + c * stride + r * D;
+        for (int64_t d = 0; d < D; ++d) sum[d] = any ? sum[d] + part[d] : part[d];
+        if (p.own_delta_dq) {
+          const A* bp = sp.b_part + c * stride + r * D;
+          for (int64_t d = 0; d < D; ++d) b_sum[d] = any ? b_sum[d] + bp[d] : bp[d];
+          c_total = any ? c_total + sp.c_part[c * rows + r] : sp.c_part[c * rows + r];
         }
+        any = true;
+      }
+      if (p.own_delta_dq) {
         own_delta_correction(sum.data(), b_sum.data(), sp.delta + r,
                              p.dlse ? p.dlse + pb.lse_row(b, h) + i : nullptr, &c_total, 1, D);
       }
-      T* o = p.dq + pb.q_offset(p.dqs, b) + h * p.dqs.h + i * p.dqs.l;
       for (int64_t d = 0; d < D; ++d) o[d] = static_cast<T>(sum[d] * scale);
     }
   });

