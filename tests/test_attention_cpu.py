@@ -117,3 +117,19 @@ def test_result_independent_of_thread_count(heads):
 def test_few_query_rows(lq):
     check_case(Case(2, 3, 3, lq, 83, 24, causal=True, mask="float_grad", mask_shape="Bqk",
                     kv_lengths=True), "cpu", "cpu", torch.float32)
+
+
+def test_kernels_leave_the_callers_subnormal_mode_alone():
+    # The kernels flush subnormals while they run (csrc/cpu/work_queue.h)
+    # and restore the thread's mode: with one thread they run on the caller's.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.set_flush_denormal(False)
+        q = torch.randn(1, 2, 70, 16, requires_grad=True)
+        out = fastattn.attention(q, q, q, alibi_slopes=torch.full((2,), 4.0), backend="cpu")
+        out.sum().backward()
+        tiny = torch.tensor([1e-39], dtype=torch.float32)
+        assert (tiny * 1.5).item() != 0.0  # still computed as a subnormal
+    finally:
+        torch.set_num_threads(previous)
