@@ -479,3 +479,52 @@ def peak_memory_mib(call: Callable[[int], object], device: torch.device,
     peak = torch.cuda.max_memory_allocated(device)
     del result
     return (peak - before) / (1 << 20)
+
+
+def measure_interleaved(calls: list, rotation: Rotation, device: torch.device,
+                        budget: Budget) -> list[dict]:
+    """measure() for several calls at once: the warm-up of each, then
+    rounds of one sample per call (the order reversed every other round),
+    each sample on the next input set of the shared rotation, until every
+    call has its minimum count and time (or max_wall_s per call has passed,
+    after the minimum count). One summary per call, in order."""
+    one = _gpu_time_one if device.type == "cuda" else _cpu_time_one
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    warm = [[] for _ in calls]
+    for n, call in enumerate(calls):
+        while (len(warm[n]) < budget.warmup_calls
+               or (budget.warmup_s and sum(warm[n]) / 1e3 < budget.warmup_s
+                   and len(warm[n]) < MAX_WARMUP_CALLS)):
+            (i,) = rotation.take(1)
+            warm[n].append(one(call, i))
+    warmup_s = time.perf_counter() - start
+    samples: list[list[float]] = [[] for _ in calls]
+    scrubs_before = rotation.scrubs
+    start = time.perf_counter()
+    rounds = 0
+
+    def done(s):
+        return len(s) >= budget.min_reps and (sum(s) / 1e3 >= budget.min_time_s
+                                              or len(s) >= budget.max_reps)
+    while not all(done(s) for s in samples):
+        if (all(len(s) >= budget.min_reps for s in samples)
+                and time.perf_counter() - start >= budget.max_wall_s * len(calls)):
+            break
+        order = range(len(calls)) if rounds % 2 == 0 else reversed(range(len(calls)))
+        for n in order:
+            (i,) = rotation.take(1)
+            samples[n].append(one(calls[n], i))
+        rounds += 1
+    wall = time.perf_counter() - start
+    out = []
+    for n, s in enumerate(samples):
+        stats = summarize(s)
+        stats.update(noisy=is_noisy(stats),
+                     min_time_reached=stats["total_s"] >= budget.min_time_s,
+                     warmup_calls=len(warm[n]), warmup_s=warmup_s, sampling_wall_s=wall,
+                     interleaved_with=len(calls), **rotation.describe())
+        stats["scrubs"] = rotation.scrubs - scrubs_before
+        out.append(stats)
+    return out
