@@ -28,11 +28,9 @@ Measured per model and implementation:
 Under bf16 (fp16) autocast on a GPU; fp32 on a CPU. The gate compares the
 swapped model's logits (eval mode) with the unswapped model in fp64, with
 the unswapped model's own error under the same autocast as the yardstick.
-Timed like the kernels (warm-up, at least 5 samples, median and spread)
-but warm: a training loop reuses its weights, so no cache scrubbing; the
-two training batches alternate. A model's implementations are timed
-interleaved, one sample of each in turn (timing.measure_interleaved), so a
-drift of the machine's speed hits them alike.
+Timed like the kernels (timing.measure: warm-up, at least 5 samples, median
+and spread) but warm: a training loop reuses its weights, so no cache
+scrubbing; the two training batches alternate.
 """
 
 from __future__ import annotations
@@ -366,11 +364,6 @@ def run(names: list[str], quick: bool, wanted_peers, ctx: Context) -> list[dict]
                           "generate": s.gen_batch * s.gen_tokens},
                     set_bytes=0, gate=_gate(name, base, autocast, variants),
                     modes=modes)
-        # Every implementation that passed its check, timed mode by mode with
-        # the others interleaved (one sample of each in turn): a 2-core
-        # machine's speed drifts over minutes, which sequential timing would
-        # turn into a bias between implementations.
-        timed: dict[str, tuple[Impl, dict]] = {}
         for impl_name, model in variants.items():
             impl = Impl(impl_name, run=None, fastattn=impl_name == "fastattn")
             if impl.fastattn:
@@ -405,23 +398,18 @@ def run(names: list[str], quick: bool, wanted_peers, ctx: Context) -> list[dict]
                     _generate(name, model, gen_batch, s.gen_tokens)
                 model.train()
 
-            timed[impl_name] = (impl, {"train": train_step, "infer": infer, "generate": generate})
-        input_sets = {"train": 2, "infer": 2, "generate": 1}
-        for mode in modes:
-            if not timed:
-                break
-            ctx.progress.step(f"{name} {mode} ({len(timed)} interleaved)")
-            try:
-                rotation = timing.warm_rotation(input_sets[mode])
-                all_stats = timing.measure_interleaved([c[mode] for _, c in timed.values()],
-                                                       rotation, dev, budget)
-                for (impl, c), stats in zip(timed.values(), all_stats):
-                    peak = timing.peak_memory_mib(c[mode], dev, rotation)
+            calls = {"train": (train_step, 2), "infer": (infer, 2), "generate": (generate, 1)}
+            for mode in modes:
+                call, n_sets = calls[mode]
+                ctx.progress.step(f"{name} {impl_name} {mode}")
+                try:
+                    rotation = timing.warm_rotation(n_sets)
+                    stats = timing.measure(call, rotation, dev, budget)
+                    peak = timing.peak_memory_mib(call, dev, rotation)
                     rows.append(_row(case, impl, mode, ctx, "ok", stats=stats, peak=peak))
-            except Exception as exc:
-                rows += [_row(case, impl, mode, ctx, "error", _first_line(exc))
-                         for impl, _ in timed.values()]
-            ctx.progress.advance(len(timed))
+                except Exception as exc:
+                    rows.append(_row(case, impl, mode, ctx, "error", _first_line(exc)))
+                ctx.progress.advance(1)
         del variants, base
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -143,6 +143,58 @@ def _size_key(s: dict) -> str:
     return f"{s['B']}x{s['Hq']}x{s['Lq']}x{s['D']}"
 
 
+# ---------------------------------------------------------- interleaved timing
+
+
+def measure_interleaved(calls: list, rotation: timing.Rotation, device: torch.device,
+                        budget: timing.Budget) -> list[dict]:
+    """timing.measure for several calls at once: the warm-up of each, then
+    rounds of one sample per call (the order reversed every other round),
+    each sample on the next input set of the shared rotation, until every
+    call has its minimum count and time (or max_wall_s per call has passed,
+    after the minimum count). One summary per call, in order."""
+    one = timing._gpu_time_one if device.type == "cuda" else timing._cpu_time_one
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    warm = [[] for _ in calls]
+    for n, call in enumerate(calls):
+        while (len(warm[n]) < budget.warmup_calls
+               or (budget.warmup_s and sum(warm[n]) / 1e3 < budget.warmup_s
+                   and len(warm[n]) < timing.MAX_WARMUP_CALLS)):
+            (i,) = rotation.take(1)
+            warm[n].append(one(call, i))
+    warmup_s = time.perf_counter() - start
+    samples: list[list[float]] = [[] for _ in calls]
+    scrubs_before = rotation.scrubs
+    start = time.perf_counter()
+    rounds = 0
+
+    def done(s):
+        return len(s) >= budget.min_reps and (sum(s) / 1e3 >= budget.min_time_s
+                                              or len(s) >= budget.max_reps)
+    while not all(done(s) for s in samples):
+        if (all(len(s) >= budget.min_reps for s in samples)
+                and time.perf_counter() - start >= budget.max_wall_s * len(calls)):
+            break
+        order = range(len(calls)) if rounds % 2 == 0 else reversed(range(len(calls)))
+        for n in order:
+            (i,) = rotation.take(1)
+            samples[n].append(one(calls[n], i))
+        rounds += 1
+    wall = time.perf_counter() - start
+    out = []
+    for n, s in enumerate(samples):
+        stats = timing.summarize(s)
+        stats.update(noisy=timing.is_noisy(stats),
+                     min_time_reached=stats["total_s"] >= budget.min_time_s,
+                     warmup_calls=len(warm[n]), warmup_s=warmup_s, sampling_wall_s=wall,
+                     interleaved_with=len(calls), **rotation.describe())
+        stats["scrubs"] = rotation.scrubs - scrubs_before
+        out.append(stats)
+    return out
+
+
 def cpu_peak_mib(call) -> float | None:
     """Peak of torch's CPU allocator during call(), above what was allocated
     before it, in MiB: the running total of torch.profiler's allocation and
@@ -383,7 +435,7 @@ def _run_group(members: list[dict], mode: str, backend: str, ctx: Context,
                           tables[id(s)] if mode != "fwd" else None) for s, _ in ok_members]
     ctx.progress.step(f"{impl.name} {members[0]['group']} {mode} ({len(calls)} interleaved)")
     try:
-        stats = timing.measure_interleaved(calls, rotation, ctx.device, ctx.budget)
+        stats = measure_interleaved(calls, rotation, ctx.device, ctx.budget)
         for (s, case), st, call in zip(ok_members, stats, calls):
             peak = timing.peak_memory_mib(call, ctx.device, rotation)
             rows.append(_row(case, impl, mode, ctx, "ok", stats=st, peak=peak))
@@ -508,7 +560,7 @@ def _run_t5(s: dict, wanted_peers, ctx: Context) -> list[dict]:
         budget = (T5_GPU_BUDGET if dev.type == "cuda"
                   else T5_QUICK_CPU_BUDGET if s["quick"] else T5_CPU_BUDGET)
         try:
-            stats = timing.measure_interleaved([t[1] for t in timed], timing.warm_rotation(1), dev,
+            stats = measure_interleaved([t[1] for t in timed], timing.warm_rotation(1), dev,
                                         budget)
             rows += [_row(case, impl, "train", ctx, "ok", stats=st, peak=peak)
                      for (impl, _, peak), st in zip(timed, stats)]

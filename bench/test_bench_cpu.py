@@ -260,7 +260,7 @@ def test_variants_grid_and_pairs():
 def test_variants_interleaved_timing_alternates():
     order = []
     calls = [lambda i, n=n: order.append(n) for n in range(3)]
-    stats = timing.measure_interleaved(calls, timing.warm_rotation(1), CPU, TINY_BUDGET)
+    stats = ops_variants.measure_interleaved(calls, timing.warm_rotation(1), CPU, TINY_BUDGET)
     assert len(stats) == 3 and all(s["n"] == 3 for s in stats)
     assert order[3:] == [0, 1, 2, 2, 1, 0, 0, 1, 2]       # warm-up, then alternating rounds
 
