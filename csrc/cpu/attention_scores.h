@@ -26,6 +26,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "cpu/attention_tiles.h"
 
@@ -81,27 +82,42 @@ struct KeyRange {
   bool partial(int64_t j0, int64_t n) const { return j0 < full_lo || j0 + n > full_hi; }
 };
 
-// tanh for the softcap, vectorizable: tanh(x) = sign(x) (1 - 2 / (e^(2|x|) + 1))
-// from exp_fast, and near 0, where that form loses digits to cancellation,
-// the odd Taylor series to x^15 (|x| < 0.4: the first term left out is
-// below 2e-10).
+// e^x - 1 for -87 <= x <= 0, vectorizable (selects only): x = n ln2 + r,
+// |r| <= ln2 / 2, and e^x - 1 = 2^n (e^r - 1) + (2^n - 1), where e^r - 1 is
+// summed as r (1 + r/2 + ... + r^6/7!) without its leading 1: near x = 0
+// (n = 0, 2^n - 1 = 0 exactly) no digit is lost to cancellation. The first
+// term left out, r^8/8!, is below 2e-8 of the result.
+FASTATTN_INLINE float expm1_fast(float x) {
+  const float shifter = 12582912.0f;  // 1.5 * 2^23, as in tiles::exp_fast
+  const float t = x * 1.44269504088896341f + shifter;
+  const float fn = t - shifter;
+  const float r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;  // ln2 in two parts
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  int32_t n;  // = fn, read from t's mantissa
+  std::memcpy(&n, &t, sizeof(n));
+  n -= 0x4B400000;
+  const int32_t bits = (n + 127) * (1 << 23);
+  float two_n;
+  std::memcpy(&two_n, &bits, sizeof(two_n));
+  return two_n * (p * r) + (two_n - 1.0f);
+}
+
+// tanh for the softcap, vectorizable, from one expm1: with em = e^(-2|x|) - 1,
+//     tanh |x| = (1 - e^(-2|x|)) / (1 + e^(-2|x|)) = -em / (2 + em),
+// the sign restored after. em is accurate near 0, so there is no
+// cancellation for small |x| (|x| clamped to 40, where tanh is 1 in float;
+// NaN stays NaN).
 FASTATTN_INLINE float tanh_fast(float x) {
   const float a = x < 0 ? -x : x;
-  const float e = tiles::exp_fast(2.0f * (a > 40.0f ? 40.0f : a));
-  const float big = 1.0f - 2.0f / (e + 1.0f);
-  const float x2 = x * x;
-  // tanh(x) / x = 1 - x^2/3 + 2x^4/15 - 17x^6/315 + 62x^8/2835 - 1382x^10/155925
-  //               + 21844x^12/6081075 - 929569x^14/638512875
-  float p = -929569.0f / 638512875.0f;
-  p = p * x2 + 21844.0f / 6081075.0f;
-  p = p * x2 - 1382.0f / 155925.0f;
-  p = p * x2 + 62.0f / 2835.0f;
-  p = p * x2 - 17.0f / 315.0f;
-  p = p * x2 + 2.0f / 15.0f;
-  p = p * x2 - 1.0f / 3.0f;
-  p = p * x2 + 1.0f;
-  const float small = x * p;
-  return a < 0.4f ? small : (x < 0 ? -big : big);
+  const float em = expm1_fast(-2.0f * (a > 40.0f ? 40.0f : a));
+  const float th = -em / (2.0f + em);
+  return x < 0 ? -th : th;
 }
 FASTATTN_INLINE float tanh_acc(float x) { return tanh_fast(x); }
 FASTATTN_INLINE double tanh_acc(double x) { return std::tanh(x); }
