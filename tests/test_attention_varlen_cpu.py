@@ -105,3 +105,12 @@ def _native_args(cu_q=None, cu_k=None, max_q=9, max_k=12, q=None):
 def test_native_packed_op_refuses_bad_arguments(change, message):
     with pytest.raises(RuntimeError, match=message):
         torch.ops.fastattn.attention_varlen_fwd_native(*_native_args(**change))
+
+
+def test_native_packed_backward_checks_lse_shape():
+    args = _native_args()
+    out, lse = torch.ops.fastattn.attention_varlen_fwd_native(*args)
+    q, k, v, cu_q, cu_k = args[:5]
+    with pytest.raises(RuntimeError, match=r"lse must be .* of shape \(Hq, total_q\)"):
+        torch.ops.fastattn.attention_varlen_bwd_native(out, None, q, k, v, out, lse[:, :3],
+                                                       cu_q, cu_k, *args[5:])

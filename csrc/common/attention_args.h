@@ -128,9 +128,13 @@ struct BwdExtras {
   at::Tensor dout, dlse, out, lse;
 };
 
+// `row_shape` / `row_dims`: the shape of lse and dlse, (B, Hq, Lq) by
+// default; packed sequences pass (Hq, total_q).
 inline BwdExtras bwd_extras(const Inputs& in, const at::Tensor& dout,
                             const std::optional<at::Tensor>& dlse, const at::Tensor& out,
-                            const at::Tensor& lse, bool mask_grad) {
+                            const at::Tensor& lse, bool mask_grad,
+                            std::vector<int64_t> row_shape = {},
+                            const char* row_dims = "(B, Hq, Lq)") {
   BwdExtras ex;
   same_kind(dout, "dout", in.q);
   same_kind(out, "out", in.q);
@@ -139,15 +143,15 @@ inline BwdExtras bwd_extras(const Inputs& in, const at::Tensor& dout,
   TORCH_CHECK(out.sizes() == in.q.sizes(), "out must have the shape of q ", in.q.sizes(),
               ", got ", out.sizes());
   const at::ScalarType sd = stat_dtype(in.q.scalar_type());
-  const std::vector<int64_t> row_shape = {in.B, in.Hq, in.Lq};
+  if (row_shape.empty()) row_shape = {in.B, in.Hq, in.Lq};
   TORCH_CHECK(lse.sizes() == at::IntArrayRef(row_shape) &&
                   (lse.scalar_type() == sd || lse.scalar_type() == at::kDouble) &&
                   lse.device() == in.q.device(),
-              "lse must be ", sd, " (or float64) of shape (B, Hq, Lq) on ", in.q.device(),
+              "lse must be ", sd, " (or float64) of shape ", row_dims, " on ", in.q.device(),
               ", got ", lse.scalar_type(), " of shape ", lse.sizes(), " on ", lse.device());
   if (dlse.has_value()) {
     TORCH_CHECK(dlse->sizes() == at::IntArrayRef(row_shape) && dlse->device() == in.q.device(),
-                "dlse must have the shape of lse (B, Hq, Lq) on ", in.q.device(), ", got ",
+                "dlse must have the shape of lse ", row_dims, " on ", in.q.device(), ", got ",
                 dlse->sizes(), " on ", dlse->device());
     ex.dlse = dlse->to(sd).contiguous();
   }

@@ -395,28 +395,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention_varlen_bwd_
       packed_inputs(q, k, v, cu_q, cu_k, seed, max_q, max_k, dropout_p);
   const Packing qp = packing(cu_q, "cu_seqlens_q", in.q.size(0), max_q, "max_seqlen_q");
   const Packing kp = packing(cu_k, "cu_seqlens_k", in.k.size(0), max_k, "max_seqlen_k");
-  attention_args::same_kind(dout, "dout", in.q);
-  attention_args::same_kind(out, "out", in.q);
-  TORCH_CHECK(dout.sizes() == in.q.sizes(), "dout must have the shape of q ", in.q.sizes(),
-              ", got ", dout.sizes());
-  TORCH_CHECK(out.sizes() == in.q.sizes(), "out must have the shape of q ", in.q.sizes(),
-              ", got ", out.sizes());
-  const at::ScalarType sd = attention_args::stat_dtype(in.q.scalar_type());
-  const std::vector<int64_t> row_shape = {in.Hq, in.q.size(0)};
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef(row_shape) &&
-                  (lse.scalar_type() == sd || lse.scalar_type() == at::kDouble) && lse.is_cpu(),
-              "lse must be ", sd, " (or float64) of shape (Hq, total_q) on the CPU, got ",
-              lse.scalar_type(), " of shape ", lse.sizes(), " on ", lse.device());
-  attention_args::BwdExtras ex;
-  if (dlse.has_value()) {
-    TORCH_CHECK(dlse->sizes() == at::IntArrayRef(row_shape) && dlse->is_cpu(),
-                "dlse must have the shape of lse (Hq, total_q) on the CPU, got ", dlse->sizes(),
-                " on ", dlse->device());
-    ex.dlse = dlse->to(sd).contiguous();
-  }
-  ex.dout = attention_args::last_dim_contiguous(dout);
-  ex.out = attention_args::last_dim_contiguous(out);
-  ex.lse = lse.contiguous();
+  const attention_args::BwdExtras ex = attention_args::bwd_extras(
+      in, dout, dlse, out, lse, /*mask_grad=*/false, {in.Hq, in.q.size(0)}, "(Hq, total_q)");
   Problem pb = packed_problem(in, qp, kp, seed, causal, scale, dropout_p);
   pb.mods = score_mods(in, window_left, window_right, softcap, alibi_slopes, rel_table,
                        rel_buckets, rel_radius, /*rel_per_row=*/true);

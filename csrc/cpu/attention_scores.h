@@ -26,7 +26,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "cpu/attention_tiles.h"
 
@@ -82,30 +81,14 @@ struct KeyRange {
   bool partial(int64_t j0, int64_t n) const { return j0 < full_lo || j0 + n > full_hi; }
 };
 
-// e^x - 1 for -87 <= x <= 0, vectorizable (selects only): x = n ln2 + r,
-// |r| <= ln2 / 2, and e^x - 1 = 2^n (e^r - 1) + (2^n - 1), where e^r - 1 is
-// summed as r (1 + r/2 + ... + r^6/7!) without its leading 1: near x = 0
-// (n = 0, 2^n - 1 = 0 exactly) no digit is lost to cancellation. The first
-// term left out, r^8/8!, is below 2e-8 of the result.
+// e^x - 1 for -87 <= x <= 0, vectorizable (selects only): with x = n ln2 + r
+// (tiles::exp_reduce), e^x - 1 = 2^n (e^r - 1) + (2^n - 1), where e^r - 1 =
+// q r is summed without its leading 1: near x = 0 (n = 0, 2^n - 1 = 0
+// exactly) no digit is lost to cancellation.
 FASTATTN_INLINE float expm1_fast(float x) {
-  const float shifter = 12582912.0f;  // 1.5 * 2^23, as in tiles::exp_fast
-  const float t = x * 1.44269504088896341f + shifter;
-  const float fn = t - shifter;
-  const float r = (x - fn * 0.693359375f) + fn * 2.12194440e-4f;  // ln2 in two parts
-  float p = 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  int32_t n;  // = fn, read from t's mantissa
-  std::memcpy(&n, &t, sizeof(n));
-  n -= 0x4B400000;
-  const int32_t bits = (n + 127) * (1 << 23);
-  float two_n;
-  std::memcpy(&two_n, &bits, sizeof(two_n));
-  return two_n * (p * r) + (two_n - 1.0f);
+  float r, two_n;
+  const float q = tiles::exp_reduce(x, r, two_n);
+  return two_n * (q * r) + (two_n - 1.0f);
 }
 
 // tanh for the softcap, vectorizable, from one expm1: with em = e^(-2|x|) - 1,
