@@ -5,10 +5,12 @@ rel_bias=fastattn.RelativePositionBias, on every backend that runs here.
 Each case is judged by the accuracy protocol of docs/TESTING.md
 (helpers.assert_close) against fastattn.reference on float64 copies of the
 same inputs: out, and the gradients of q, k, v, a float mask and the
-relative-bias table (through autograd, as a user computes them). Also: bad
-variant arguments raise naming the argument before any kernel runs, a
-backend that cannot serve a variant raises when named, and the table's
-gradient is bitwise reproducible.
+relative-bias table (through autograd, as a user computes them). The cuda
+backend runs window_size, alibi_slopes and softcap (the last two without
+attn_mask) and no rel_bias: its cases are those (they run where a GPU is).
+Also: bad variant arguments raise naming the argument before any kernel
+runs, a backend that cannot serve a variant raises when named, and the
+table's gradient is bitwise reproducible.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ import torch
 
 import fastattn
 from fastattn import reference
-from helpers import assert_close, backend_params
+from helpers import HAS_CUDA, assert_close, backend_params
 
-# The cuda kernels have no variants (a named cuda backend raises: tested below).
-BACKENDS = [p for p in backend_params("attention") if p.values[0] != "cuda"]
+# Every backend, for the variants the cuda kernels run too (window, ALiBi,
+# softcap without a mask).
+ALL_BACKENDS = backend_params("attention")
+# The backends with rel_bias, softcap or ALiBi with a mask, and attention_varlen
+# (a named cuda backend raises for those: tested below).
+BACKENDS = [p for p in ALL_BACKENDS if p.values[0] != "cuda"]
 DTYPES = [torch.float32, torch.float16]
 
 
@@ -85,7 +91,7 @@ def _check(backend, device, dtype, B=2, Hq=4, Hkv=2, Lq=37, Lk=45, D=24, causal=
         assert_close(a, t, b, name)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("causal,window", [(True, (7, -1)), (False, (5, 9)), (False, (0, 0)),
                                            (True, (40, 3))])
@@ -93,7 +99,7 @@ def test_window(backend, device, dtype, causal, window):
     _check(backend, device, dtype, causal=causal, window_size=window)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("per_batch", [False, True])
 def test_alibi(backend, device, dtype, per_batch):
@@ -101,6 +107,14 @@ def test_alibi(backend, device, dtype, per_batch):
     if per_batch:
         slopes = torch.stack([slopes, slopes * 0.5])
     _check(backend, device, dtype, causal=not per_batch, alibi_slopes=slopes)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("causal", [False, True])
+def test_softcap(backend, device, dtype, causal):
+    # a small cap, so that most scores sit where tanh bends
+    _check(backend, device, dtype, causal=causal, softcap=1.5)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -115,6 +129,15 @@ def test_softcap_with_float_mask(backend, device, dtype):
 def test_relative_bias_and_table_gradient(backend, device, dtype, bidirectional, causal):
     _check(backend, device, dtype, causal=causal, table_buckets=16,
            bidirectional=bidirectional, max_distance=20)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_window_alibi_softcap_with_lengths_gqa_and_odd_head_dim(backend, device, dtype):
+    # a window whose band skips whole key tiles at Lk = 200, both sides bounded
+    _check(backend, device, dtype, B=2, Hq=4, Hkv=2, Lq=150, Lk=200, D=40, causal=False,
+           lengths=([150, 97], [200, 130]), window_size=(30, 12), softcap=6.0,
+           alibi_slopes=torch.tensor([0.3, 0.2, 0.1, 0.05]))
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
@@ -220,16 +243,64 @@ def test_bad_relative_bias(make, text):
         fastattn.attention(q, k, v, rel_bias=make())
 
 
-def test_named_backend_that_cannot_serve_a_variant_raises(monkeypatch):
-    # cuda has no variants: named, it must say so (checked on the choice alone,
-    # so it runs without a GPU too)
-    from fastattn.ops import attention as attention_ops
+def _variants(q, window=(-1, -1), alibi=False, softcap=0.0, rel=False):
     from fastattn.ops.variants import check_variants
+    slopes = torch.full((q.shape[1],), 0.25) if alibi else None
+    table = fastattn.RelativePositionBias(torch.ones(8, q.shape[1])) if rel else None
+    return check_variants(q, q.shape[0], window, slopes, softcap, table)
+
+
+def test_what_the_cuda_kernels_serve():
+    from fastattn.ops.attention import cuda_variant_limits
     q = torch.randn(1, 2, 4, 8)
-    variants = check_variants(q, 1, (4, -1), None, 0.0, None)
+    for has_mask in (False, True):
+        assert cuda_variant_limits(_variants(q, window=(4, 0)), has_mask) == ""
+    assert cuda_variant_limits(_variants(q, alibi=True, softcap=2.0, window=(3, 3)), False) == ""
+    assert "rel_bias" in cuda_variant_limits(_variants(q, rel=True), False)
+    why = cuda_variant_limits(_variants(q, alibi=True, softcap=2.0), True)
+    assert "alibi_slopes and softcap together with attn_mask" in why
+
+
+@pytest.mark.parametrize("variant,has_mask,text", [
+    (dict(rel=True), False, "rel_bias"),
+    (dict(softcap=2.0), True, "softcap together with attn_mask"),
+    (dict(alibi=True), True, "alibi_slopes together with attn_mask"),
+])
+def test_named_backend_that_cannot_serve_a_variant_raises(monkeypatch, variant, has_mask, text):
+    # named, cuda must say why (checked on the choice alone, so it runs
+    # without a GPU too)
+    from fastattn.ops import attention as attention_ops
+    q = torch.randn(1, 2, 4, 8)
     monkeypatch.setattr(fastattn._backends, "unavailable_reason", lambda *a, **k: "")
-    with pytest.raises(ValueError, match="window_size"):
-        attention_ops.pick_backend("cuda", q, variants)
+    with pytest.raises(ValueError, match=text):
+        attention_ops.pick_backend("cuda", q, _variants(q, **variant), has_mask)
+    # and what it serves, it is chosen for
+    assert attention_ops.pick_backend("cuda", q, _variants(q, window=(2, 2)), has_mask) == "cuda"
+
+
+def _cuda_native_reason() -> str:
+    if not HAS_CUDA:
+        return "no CUDA device"
+    return fastattn._backends.unavailable_reason("cuda", "attention", torch.device("cuda"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(bool(_cuda_native_reason()), reason=_cuda_native_reason() or "runs")
+def test_cuda_native_op_refuses_what_it_does_not_serve():
+    # called directly (no frontend to pick another backend), the op says why
+    q, k, v = _inputs(1, 2, 2, 16, 16, 16, torch.float16, "cuda")
+    op = torch.ops.fastattn.attention_fwd_native
+    mask = torch.zeros(1, 1, 16, 16, device="cuda", dtype=torch.float16)
+    with pytest.raises(RuntimeError, match="softcap together with attn_mask"):
+        op(q, k, v, mask, None, None, None, False, 0.25, 0.0, softcap=2.0)
+    table = torch.zeros(8, 2, device="cuda")
+    buckets = torch.zeros(65, dtype=torch.int32, device="cuda")
+    with pytest.raises(RuntimeError, match="rel_bias"):
+        op(q, k, v, None, None, None, None, False, 0.25, 0.0, rel_table=table,
+           rel_buckets=buckets, rel_radius=32)
+    with pytest.raises(RuntimeError, match="alibi_slopes"):  # wrong shape
+        op(q, k, v, None, None, None, None, False, 0.25, 0.0,
+           alibi_slopes=torch.ones(1, 3, device="cuda"))
 
 
 def test_auto_passes_over_a_backend_that_cannot_serve_and_says_so(monkeypatch, caplog):
@@ -242,5 +313,5 @@ def test_auto_passes_over_a_backend_that_cannot_serve_and_says_so(monkeypatch, c
     monkeypatch.setattr(_backends, "unavailable_reason", lambda *a, **k: "")
     monkeypatch.setitem(_backends.AUTO_ORDER, "cpu", ("cuda", "cpu", "reference"))
     with caplog.at_level("INFO", logger="fastattn"):
-        assert attention_ops.pick_backend("auto", q, variants) == "cpu"
+        assert attention_ops.pick_backend("auto", q, variants, has_mask=True) == "cpu"
     assert "passes over cuda" in caplog.text and "softcap" in caplog.text

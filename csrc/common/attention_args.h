@@ -15,6 +15,7 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Exception.h>
 
+#include <cmath>
 #include <optional>
 #include <tuple>
 #include <vector>
@@ -116,6 +117,41 @@ inline Inputs inputs(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 // Outputs of attention_fwd_native: out like q (its layout when q is dense),
 // lse (B, Hq, Lq) contiguous in `lse_dtype` (stat_dtype, or float64 where a
 // backend keeps it exact: the cpu backend).
+// The window, softcap and ALiBi arguments of the native ops
+// (fastattn/ops/variants.py, KernelVariants), checked so that no value can
+// index out of bounds: the ops may be called directly. alibi: the (1 or B,
+// Hq) float32 slopes or undefined; alibi_stride_b: Hq for (B, Hq), 0 for
+// (1, Hq).
+struct ScoreArgs {
+  int64_t window_left = -1, window_right = -1;
+  double softcap = 0.0;
+  at::Tensor alibi;
+  int64_t alibi_stride_b = 0;
+};
+
+inline ScoreArgs score_args(const Inputs& in, int64_t window_left, int64_t window_right,
+                            double softcap, const std::optional<at::Tensor>& alibi_slopes) {
+  TORCH_CHECK(window_left >= -1 && window_right >= -1,
+              "window_size must hold ints >= -1, got (", window_left, ", ", window_right, ")");
+  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0, "softcap must be finite and >= 0, got ",
+              softcap);
+  ScoreArgs a;
+  a.window_left = window_left;
+  a.window_right = window_right;
+  a.softcap = softcap;
+  if (alibi_slopes.has_value()) {
+    const at::Tensor& t = *alibi_slopes;
+    TORCH_CHECK(t.scalar_type() == at::kFloat && t.dim() == 2 && t.is_contiguous() &&
+                    (t.size(0) == 1 || t.size(0) == in.B) && t.size(1) == in.Hq,
+                "alibi_slopes must be float32 contiguous (1 or B, Hq), got ", t.sizes());
+    TORCH_CHECK(t.device() == in.q.device(), "alibi_slopes must be on ", in.q.device(),
+                ", got ", t.device());
+    a.alibi = t;
+    a.alibi_stride_b = t.size(0) == 1 ? 0 : in.Hq;
+  }
+  return a;
+}
+
 inline std::tuple<at::Tensor, at::Tensor> fwd_outputs(const Inputs& in,
                                                       at::ScalarType lse_dtype) {
   return {at::empty_like(in.q), at::empty({in.B, in.Hq, in.Lq}, in.q.options().dtype(lse_dtype))};

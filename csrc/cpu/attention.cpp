@@ -91,20 +91,14 @@ ScoreMods score_mods(const attention_args::Inputs& in, int64_t window_left,
                      const std::optional<at::Tensor>& rel_buckets, int64_t rel_radius,
                      bool rel_per_row) {
   ScoreMods mods;
-  TORCH_CHECK(window_left >= -1 && window_right >= -1,
-              "window_size must hold ints >= -1, got (", window_left, ", ", window_right, ")");
-  TORCH_CHECK(std::isfinite(softcap) && softcap >= 0, "softcap must be finite and >= 0, got ",
-              softcap);
-  mods.win_left = window_left;
-  mods.win_right = window_right;
-  mods.softcap = softcap;
-  if (alibi_slopes.has_value()) {
-    const at::Tensor& a = *alibi_slopes;
-    TORCH_CHECK(a.scalar_type() == at::kFloat && a.dim() == 2 && a.is_contiguous() &&
-                    (a.size(0) == 1 || a.size(0) == in.B) && a.size(1) == in.Hq,
-                "alibi_slopes must be float32 contiguous (1 or B, Hq), got ", a.sizes());
-    mods.alibi = a.data_ptr<float>();
-    mods.alibi_sb = a.size(0) == 1 ? 0 : in.Hq;
+  const attention_args::ScoreArgs args =
+      attention_args::score_args(in, window_left, window_right, softcap, alibi_slopes);
+  mods.win_left = args.window_left;
+  mods.win_right = args.window_right;
+  mods.softcap = args.softcap;
+  if (args.alibi.defined()) {
+    mods.alibi = args.alibi.data_ptr<float>();
+    mods.alibi_sb = args.alibi_stride_b;
   }
   TORCH_CHECK(rel_table.has_value() == rel_buckets.has_value(),
               "rel_table and rel_buckets come together");

@@ -57,6 +57,18 @@ struct Problem {
   float scale = 1.f;                    // multiplies q.k
   bool causal = false;                  // bottom-right aligned per batch row
   DType dtype = DType::kFloat32;
+  // Attention variants (API.md, "Attention variants"), with off = kv_len -
+  // q_len per batch row (the offset `causal` uses): key j may be attended by
+  // query i only if i + off - window_left <= j <= i + off + window_right (a
+  // side of -1 is unbounded; the binding clamps each side to Lq + Lk, past
+  // which it bounds nothing); ALiBi adds -slope[b, h] * |i + off - j|;
+  // softcap > 0 turns the scaled score s into softcap * tanh(s / softcap)
+  // before ALiBi. ALiBi and softcap have kernels without attn_mask only
+  // (attention_variants.h).
+  int window_left = -1, window_right = -1;
+  const float* alibi_slopes = nullptr;  // (B, Hq) or (1, Hq) float32 contiguous, or nullptr
+  int64_t alibi_stride_b = 0;           // Hq for (B, Hq), 0 for (1, Hq)
+  float softcap = 0.f;                  // 0 = off
 };
 
 struct FwdParams {
@@ -87,7 +99,8 @@ inline bool attention_strides_ok(const void* ptr, int64_t sb, int64_t sh, int64_
 // if none). D must be a multiple of 8 in [8, 256]; B, Lq or Lk may be 0
 // (Lk = 0 gives out = 0 and lse = -inf, Lq = 0 gives dk = dv = 0). Each
 // problem runs on one compiled variant of the kernels (head-dim bucket,
-// mask kind, causal, dropout, even tiles: attention_variants.h); the
+// mask kind, banded (causal or window), dropout, even tiles, ALiBi/softcap:
+// attention_variants.h); the
 // backward's three kernels can also be launched one by one
 // (attention_kernels.h).
 cudaError_t attention_fwd(const FwdParams& p, cudaStream_t stream);

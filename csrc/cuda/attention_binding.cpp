@@ -12,6 +12,8 @@
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
+#include <algorithm>
+
 #include "common/attention_args.h"
 #include "cuda/attention.h"
 
@@ -79,7 +81,7 @@ OutTensor4 out4(at::Tensor& t) {
 
 // Tensors a Problem points into; they must outlive the launches.
 struct Holders {
-  at::Tensor q, k, v, mask, q_lengths, kv_lengths;
+  at::Tensor q, k, v, mask, q_lengths, kv_lengths, alibi;
 };
 
 // The Problem of checked inputs. Lengths become int32 (values are clamped
@@ -146,16 +148,34 @@ void check_head_dim(int64_t D) {
               "got ", D);
 }
 
-// The CUDA kernels have no attention variants (window, ALiBi, softcap,
-// relative bias): fastattn's auto choice sends such calls to triton
-// (fastattn/ops/attention.py, _call_limits); a direct call is refused.
-void check_no_variants(int64_t window_left, int64_t window_right, double softcap,
-                       const std::optional<at::Tensor>& alibi_slopes,
-                       const std::optional<at::Tensor>& rel_table) {
-  TORCH_CHECK(window_left == -1 && window_right == -1 && softcap == 0 &&
-                  !alibi_slopes.has_value() && !rel_table.has_value(),
-              "the cuda attention kernels do not implement window_size, alibi_slopes, softcap "
-              "or rel_bias (backend='triton' does)");
+// The attention variants the CUDA kernels run (attention.h): a window,
+// ALiBi and softcap; ALiBi and softcap not together with attn_mask, and no
+// relative bias. fastattn's auto choice sends the others to triton
+// (fastattn/ops/attention.py, pick_backend); a direct call is refused.
+// Positions must stay below 2^30 (the kernels' unbounded band edge); a
+// window side past Lq + Lk bounds nothing and is clamped to it.
+void set_variants(Problem& pb, const attention_args::Inputs& in, int64_t window_left,
+                  int64_t window_right, double softcap,
+                  const std::optional<at::Tensor>& alibi_slopes,
+                  const std::optional<at::Tensor>& rel_table, Holders& hold) {
+  TORCH_CHECK(!rel_table.has_value(),
+              "the cuda attention kernels do not implement rel_bias (backend='triton' does)");
+  const attention_args::ScoreArgs args =
+      attention_args::score_args(in, window_left, window_right, softcap, alibi_slopes);
+  TORCH_CHECK(!in.mask.defined() || (!args.alibi.defined() && args.softcap == 0),
+              "the cuda attention kernels do not implement alibi_slopes or softcap together "
+              "with attn_mask (backend='triton' does)");
+  TORCH_CHECK(in.Lq + in.Lk < (int64_t{1} << 30),
+              "the cuda attention kernels need Lq + Lk < 2^30, got ", in.Lq + in.Lk);
+  const int64_t widest = in.Lq + in.Lk;
+  pb.window_left = static_cast<int>(std::min(args.window_left, widest));
+  pb.window_right = static_cast<int>(std::min(args.window_right, widest));
+  pb.softcap = static_cast<float>(args.softcap);
+  if (args.alibi.defined()) {
+    hold.alibi = args.alibi;
+    pb.alibi_slopes = args.alibi.data_ptr<float>();
+    pb.alibi_stride_b = args.alibi_stride_b;
+  }
 }
 
 std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(
@@ -167,7 +187,6 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(
     const std::optional<at::Tensor>& rel_table, const std::optional<at::Tensor>& rel_buckets,
     int64_t rel_radius, bool rel_per_row) {
   TORCH_CHECK(q.is_cuda(), "attention_fwd_native (cuda): q must be a CUDA tensor");
-  check_no_variants(window_left, window_right, softcap, alibi_slopes, rel_table);
   to_dtype(q.scalar_type(), "attention_fwd_native");
   const c10::cuda::CUDAGuard guard(q.device());
   const attention_args::Inputs in =
@@ -180,6 +199,7 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(
   Holders hold;
   FwdParams p;
   p.pb = make_problem(in, attn_mask, seed, causal, scale, dropout_p, hold);
+  set_variants(p.pb, in, window_left, window_right, softcap, alibi_slopes, rel_table, hold);
   p.out = out4(out);
   p.lse = lse.data_ptr<float>();
   check_launch(attention_fwd(p, c10::cuda::getCurrentCUDAStream()), "attention_fwd_native");
@@ -196,7 +216,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
     const std::optional<at::Tensor>& rel_table, const std::optional<at::Tensor>& rel_buckets,
     int64_t rel_radius, bool rel_per_row, bool rel_grad) {
   TORCH_CHECK(q.is_cuda(), "attention_bwd_native (cuda): q must be a CUDA tensor");
-  check_no_variants(window_left, window_right, softcap, alibi_slopes, rel_table);
   to_dtype(q.scalar_type(), "attention_bwd_native");
   const c10::cuda::CUDAGuard guard(q.device());
   const attention_args::Inputs in =
@@ -215,6 +234,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
   Holders hold;
   BwdParams p;
   p.pb = make_problem(in, attn_mask, seed, causal, scale, dropout_p, hold);
+  set_variants(p.pb, in, window_left, window_right, softcap, alibi_slopes, rel_table, hold);
   p.dout = view4(dout_a);
   p.out = view4(out_a);
   p.lse = ex.lse.data_ptr<float>();

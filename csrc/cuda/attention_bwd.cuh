@@ -7,7 +7,10 @@
 //
 //   p = exp(s - lse),  dp = dout v^T (* keep / (1 - p_drop)),
 //   delta = rowsum(dout * out) - dlse,  ds = p (dp - delta),
-//   dq = scale ds k,  dk = scale ds^T q,  dv = p_dropped^T dout,  dmask = ds.
+//   dq = scale ds' k,  dk = scale ds'^T q,  dv = p_dropped^T dout,  dmask = ds,
+//
+// with ds' = ds (1 - tanh^2) through a softcap (softcap_grad), ds' = ds
+// otherwise.
 //
 // dK/dV and dQ are separate kernels, each the only writer of its outputs:
 // no atomics, so gradients are deterministic (bitwise identical run to run).
@@ -15,8 +18,8 @@
 //
 // dK/dV: a block owns BN = 64 keys of one (batch row, kv head) and loops
 // over the query heads of its GQA group and, per head, over the query tiles
-// that may attend its keys (causal: from the first such query; lengths: up
-// to q_len). Scores are formed transposed (keys as MMA rows), so P^T and
+// that may attend its keys (banded: from the first to the last such query;
+// lengths: up to q_len). Scores are formed transposed (keys as MMA rows), so P^T and
 // dS^T are directly the A operands of dV += P^T dO and dK += dS^T Q. Q, dO
 // and their lse/delta stream through two shared-memory stages (cp.async).
 // At D = 256 a warp's dK and dV accumulators would need 256 registers per
@@ -42,8 +45,8 @@ namespace detail {
 // ---------------------------------------------------------------- dK/dV
 
 // Tiles and occupancy (as FwdConfig): kMinBlocks keeps the occupancy ptxas
-// picks for the unmasked kernels; masked variants of D = 32 get one block
-// less instead of spilling. BM = 64 at D = 32 would spill, and masked
+// picks for the unmasked kernels; masked and score-term variants of D = 32
+// get one block less instead of spilling. BM = 64 at D = 32 would spill, and masked
 // variants take smaller query tiles (their mask values are in flight next
 // to the dK/dV accumulators): 32 at D = 64, 16 from D = 96 on.
 template <int D, class F>
@@ -52,7 +55,8 @@ struct DkdvConfig {
   static constexpr int kSplit = D >= 256 ? 2 : 1;  // warps sharing a key group
   static constexpr int BM = F::kHasMask ? (D >= 96 ? 16 : 32) : (D == 64 ? 64 : 32);
   static constexpr int kThreads = 128 * kSplit;
-  static constexpr int kMinBlocks = D >= 256 ? 1 : (D <= 32 && !F::kHasMask ? 3 : 2);
+  static constexpr int kMinBlocks =
+      D >= 256 ? 1 : (D <= 32 && !F::kHasMask && !F::kScoreTerms ? 3 : 2);
   // K, V; 2 stages of Q, dO, lse, delta and (dropout) the queries' row keys.
   static constexpr size_t kSmemBytes =
       static_cast<size_t>(2 * BN + 4 * BM) * smem_stride<D>() * 2 + 4 * BM * sizeof(float) +
@@ -61,17 +65,17 @@ struct DkdvConfig {
 
 // The scores of a key-major warp tile, from st = masked scores (log2
 // units, mask_keys_tile) and dpt = V dO^T: st becomes p_dropped^T and dpt
-// becomes dS^T, with
+// becomes dS'^T, with
 //   p = exp2(x - lse2),  f = keep / (1 - p_drop),
-//   p_dropped = p f,  dS = p (dP f - delta).
+//   p_dropped = p f,  dS' = p (dP f - delta) (* softcap_grad).
 // Element [mb][2r + e] is key keys[r], query i0 + mb * 8 + 2t + e (lse2, dl
 // and row_keys, the dropout keys of the tile's queries, indexed by the
 // query's row in the tile).
 template <class F, int MB>
 __device__ __forceinline__ void dkdv_scores(float (&st)[MB][4], float (&dpt)[MB][4],
                                             const Dropout& drop, const uint2* row_keys,
-                                            const int (&keys)[2], int t, const float* lse2,
-                                            const float* dl) {
+                                            const ScoreTerms& terms, const int (&keys)[2],
+                                            int i0, int t, const float* lse2, const float* dl) {
 #pragma unroll
   for (int mb = 0; mb < MB; ++mb) {
 #pragma unroll
@@ -92,8 +96,10 @@ __device__ __forceinline__ void dkdv_scores(float (&st)[MB][4], float (&dpt)[MB]
           dp *= f;
           pd *= f;
         }
+        float ds = pr * (dp - dl[iq]);
+        if constexpr (F::kScoreTerms) ds *= softcap_grad(terms, st[mb][2 * r + e], i0 + iq, keys[r]);
         st[mb][2 * r + e] = pd;
-        dpt[mb][2 * r + e] = pr * (dp - dl[iq]);
+        dpt[mb][2 * r + e] = ds;
       }
     }
   }
@@ -134,11 +140,12 @@ __global__ void __launch_bounds__(DkdvConfig<D, F>::kThreads, (DkdvConfig<D, F>:
   const int col0 = (warp / 4) * DW;  // first accumulator column
   const int g = lane >> 2, t = lane & 3;
 
-  // Lengths and causal offset are per batch row, the same for every head.
+  // Lengths and the band are per batch row, the same for every head.
   const HeadView hv0 = head_view<MaskKind::kNone>(pb, b, hk * group);
-  const int i_begin = query_begin<F::kCausal>(hv0, key0) / BM * BM;
-  const int q_tiles = (key0 < hv0.kv_len && i_begin < hv0.q_len)
-                          ? static_cast<int>(ceil_div(hv0.q_len - i_begin, BM))
+  const int i_begin = query_begin<F::kBanded>(hv0, key0) / BM * BM;
+  const int i_end = query_end<F::kBanded>(hv0, min(key0 + BN, hv0.kv_len));
+  const int q_tiles = (key0 < hv0.kv_len && i_begin < i_end)
+                          ? static_cast<int>(ceil_div(i_end - i_begin, BM))
                           : 0;
   const int total = q_tiles * static_cast<int>(group);
 
@@ -187,8 +194,7 @@ __global__ void __launch_bounds__(DkdvConfig<D, F>::kThreads, (DkdvConfig<D, F>:
   int keys_j[2];  // this thread's two keys (accumulator rows g and g + 8)
   keys_j[0] = key0 + kw * 16 + g;
   keys_j[1] = keys_j[0] + 8;
-  const int q_low[2] = {query_low<F::kCausal>(hv0, keys_j[0]),
-                        query_low<F::kCausal>(hv0, keys_j[1])};
+  const KeyBand band = key_bands<F::kBanded>(hv0, keys_j);
   const float scale_log2 = pb.scale * kLog2e;
   const T* sKw = sK + kw * 16 * SS;
   const T* sVw = sV + kw * 16 * SS;
@@ -198,6 +204,7 @@ __global__ void __launch_bounds__(DkdvConfig<D, F>::kThreads, (DkdvConfig<D, F>:
     const int stage = it & 1;
     const HeadView hv = head_view<F::kMask>(pb, b, hk * group + it / q_tiles);
     const MaskView<F::kMask> mask(hv);
+    const ScoreTerms terms = score_terms<F::kScoreTerms>(pb, hv);
     const int i0 = i_begin + (it % q_tiles) * BM;
     const T* sQs = sQ + stage * BM * SS;
     const T* sdOs = sdO + stage * BM * SS;
@@ -214,12 +221,12 @@ __global__ void __launch_bounds__(DkdvConfig<D, F>::kThreads, (DkdvConfig<D, F>:
     mma_abt2<T, D, MB>(st, sKw, sQs, dpt, sVw, sdOs, lane);
     // Element [mb][2r + e] is key keys_j[r], query i0 + mb * 8 + 2t + e.
     if (interior_query_tile<F, BM, BN>(hv0, i0, key0)) {
-      mask_keys_tile<F, false>(st, pb, mask, keys_j, q_low, hv0.q_len, i0, t, scale_log2);
+      mask_keys_tile<F, false>(st, pb, mask, terms, keys_j, band, i0, t, scale_log2);
     } else {
-      mask_keys_tile<F, true>(st, pb, mask, keys_j, q_low, hv0.q_len, i0, t, scale_log2);
+      mask_keys_tile<F, true>(st, pb, mask, terms, keys_j, band, i0, t, scale_log2);
     }
-    // st becomes p_dropped^T, dpt becomes dS^T.
-    dkdv_scores<F>(st, dpt, drop, sRowKeys + stage * BM, keys_j, t, lse2, dl);
+    // st becomes p_dropped^T, dpt becomes dS'^T.
+    dkdv_scores<F>(st, dpt, drop, sRowKeys + stage * BM, terms, keys_j, i0, t, lse2, dl);
 
     // dV += P^T dO and dK += dS^T Q over the warp's column slice.
     mma_pb2<T, D, MB, DB>(dv, st, sdOs, dk, dpt, sQs, col0, lane);
@@ -266,13 +273,14 @@ constexpr int kQBM = 16 * kQWarps;
 
 // Tiles and occupancy (as FwdConfig). The key tile holds D / 2 + BN
 // accumulator floats per thread (dQ, S and dP), and a masked variant BN / 2
-// mask values more; masked or dropout variants get 2 blocks per SM.
+// mask values more; masked, dropout or score-term variants get 2 blocks per
+// SM.
 template <int D, class F>
 struct DqConfig {
   static constexpr int BM = kQBM;
   static constexpr int BN = D >= 256 ? 16 : (D >= 128 || (F::kHasMask && D >= 96) ? 32 : 64);
   static constexpr int kMinBlocks =
-      (F::kHasMask || F::kDropout) ? 2 : ((D <= 32 || D == 128) ? 3 : 2);
+      (F::kHasMask || F::kDropout || F::kScoreTerms) ? 2 : ((D <= 32 || D == 128) ? 3 : 2);
   static constexpr size_t kSmemBytes = static_cast<size_t>(2 * BM + 4 * BN) * smem_stride<D>() * 2;
 };
 
@@ -300,6 +308,7 @@ __global__ void __launch_bounds__(kQThreads, (DqConfig<D, F>::kMinBlocks))
   const int64_t bh = blockIdx.x / tiles_m;
   const HeadView hv = head_view<F::kMask>(pb, bh / pb.Hq, bh % pb.Hq);
   const MaskView<F::kMask> mask(hv);
+  const ScoreTerms terms = score_terms<F::kScoreTerms>(pb, hv);
   const int d = static_cast<int>(pb.D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, t = lane & 3;
@@ -310,11 +319,13 @@ __global__ void __launch_bounds__(kQThreads, (DqConfig<D, F>::kMinBlocks))
   const T* k = static_cast<const T*>(pb.k.ptr) + hv.b * pb.k.stride_b + hv.hk * pb.k.stride_h;
   const T* v = static_cast<const T*>(pb.v.ptr) + hv.b * pb.v.stride_b + hv.hk * pb.v.stride_h;
 
-  const int n_end = key_end<F::kCausal>(hv, m0, m0 + BM);
-  const int num_tiles = static_cast<int>(ceil_div(n_end, BN));
-  const int n_interior = interior_key_tiles<F, BM, BN>(hv, m0);
-  auto prefetch = [&](int tile, int stage) {
-    const int n0 = tile * BN;
+  // Key tiles as the forward's: first_tile .. first_tile + num_tiles - 1.
+  const int n_end = key_end<F::kBanded>(hv, m0, m0 + BM);
+  const int first_tile = key_begin<F::kBanded>(hv, m0) / BN;
+  const int num_tiles = static_cast<int>(ceil_div(n_end, BN)) - first_tile;  // <= 0: none
+  const TileRange interior_tiles = interior_key_tiles<F, BM, BN>(hv, m0);
+  auto prefetch = [&](int it, int stage) {
+    const int n0 = (first_tile + it) * BN;
     load_tile_async<T, BN, D, kQThreads, E>(sK + stage * BN * SS, k, pb.k.stride_l, n0, n_end, d);
     load_tile_async<T, BN, D, kQThreads, E>(sV + stage * BN * SS, v, pb.v.stride_l, n0, n_end, d);
   };
@@ -328,7 +339,7 @@ __global__ void __launch_bounds__(kQThreads, (DqConfig<D, F>::kMinBlocks))
   int rows[2];
   rows[0] = m0 + warp * 16 + g;
   rows[1] = rows[0] + 8;
-  const int key_lim[2] = {key_limit<F::kCausal>(hv, rows[0]), key_limit<F::kCausal>(hv, rows[1])};
+  const RowBand band = row_bands<F::kBanded>(hv, rows);
   const int64_t row_base = (hv.b * pb.Hq + hv.h) * pb.Lq;
   Dropout drop;
   if constexpr (F::kDropout) drop = make_dropout(pb, inv_keep, threshold);
@@ -352,7 +363,7 @@ __global__ void __launch_bounds__(kQThreads, (DqConfig<D, F>::kMinBlocks))
   for (int it = 0; it < num_tiles; ++it) {
     pipeline_next(it, num_tiles, prefetch);
     const int stage = it & 1;
-    const int n0 = it * BN;
+    const int n0 = (first_tile + it) * BN;
     const T* sKs = sK + stage * BN * SS;
     const T* sVs = sV + stage * BN * SS;
 
@@ -364,15 +375,15 @@ __global__ void __launch_bounds__(kQThreads, (DqConfig<D, F>::kMinBlocks))
       for (int e = 0; e < 4; ++e) s[i][e] = dp[i][e] = 0.f;
     }
     mma_abt2<T, D, NB>(s, sQw, sKs, dp, sdOw, sVs, lane);
-    const bool interior = it < n_interior;
+    const bool interior = interior_tiles.holds(first_tile + it);
     if (interior) {
-      mask_rows_tile<F, false>(s, pb, mask, rows, key_lim, n0, t, scale_log2);
+      mask_rows_tile<F, false>(s, pb, mask, terms, rows, band, n0, t, scale_log2);
     } else {
-      mask_rows_tile<F, true>(s, pb, mask, rows, key_lim, n0, t, scale_log2);
+      mask_rows_tile<F, true>(s, pb, mask, terms, rows, band, n0, t, scale_log2);
     }
 
-    // dS = P (dP - delta); element [nb][2r + e] is row rows[r], key
-    // n0 + nb * 8 + 2t + e.
+    // dS = P (dP - delta) (dS' through a softcap); element [nb][2r + e] is
+    // row rows[r], key n0 + nb * 8 + 2t + e.
 #pragma unroll
     for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
@@ -384,7 +395,11 @@ __global__ void __launch_bounds__(kQThreads, (DqConfig<D, F>::kMinBlocks))
           if constexpr (F::kDropout) {
             dpv *= dropout_factor(drop, keys[r], n0 + nb * 8 + 2 * t + e);
           }
-          s[nb][2 * r + e] = pr * (dpv - delta[r]);
+          float ds = pr * (dpv - delta[r]);
+          if constexpr (F::kScoreTerms) {
+            ds *= softcap_grad(terms, s[nb][2 * r + e], rows[r], n0 + nb * 8 + 2 * t + e);
+          }
+          s[nb][2 * r + e] = ds;
         }
       }
     }

@@ -1,8 +1,8 @@
 // Device helpers shared by the CUDA attention kernels: the compile-time
 // features of a kernel variant, the per-(batch, head) view of a Problem
-// (lengths, causal bounds, mask, dropout), and thin wrappers over the sm_80
-// instructions the tensor-core kernels use (cp.async, ldmatrix, mma.sync
-// m16n8k16). The tile loops built from them: attention_tiles.cuh.
+// (lengths, the band of causal and window, mask, ALiBi and softcap,
+// dropout), and thin wrappers over the sm_80 instructions the tensor-core
+// kernels use (cp.async, ldmatrix, mma.sync m16n8k16). The tile loops built from them: attention_tiles.cuh.
 //
 // Scores are kept in log2 units: x = (q.k * scale + bias) * log2(e), so that
 // softmax weights are exp2(x - max) (one MUFU.EX2 each) and
@@ -32,16 +32,25 @@ __host__ __device__ constexpr int64_t ceil_div(int64_t a, int64_t b) { return (a
 // The compile-time features of one kernel variant (attention_variants.h):
 // the launchers pick them once per launch (attention_tiles.cuh,
 // with_features), so no kernel switches over them at run time.
-template <MaskKind MASK, bool CAUSAL, bool DROPOUT, bool EVEN>
+template <MaskKind MASK, bool BANDED, bool DROPOUT, bool EVEN, bool SCORE_TERMS = false>
 struct Features {
   static constexpr MaskKind kMask = MASK;
-  static constexpr bool kCausal = CAUSAL;
+  // Each row attends a band of keys (causal and/or a window, the edges in
+  // the HeadView): the key range of a row and the interior tiles depend on
+  // the row. Without it a row attends every key within the lengths.
+  static constexpr bool kBanded = BANDED;
   static constexpr bool kDropout = DROPOUT;
   // No lengths, Lq and Lk multiples of 64, head dim = bucket: no bounds
   // checks anywhere (attention_variants.h, even_tiles).
   static constexpr bool kEven = EVEN;
   static constexpr bool kHasMask = MASK != MaskKind::kNone;
+  // ALiBi and/or softcap (ScoreTerms, values at run time).
+  static constexpr bool kScoreTerms = SCORE_TERMS;
 };
+
+// A band edge that bounds nothing: every position is < 2^30 (the binding
+// checks Lq + Lk < 2^30), so i + kUnbounded and j - kUnbounded neither
+// overflow nor bound anything.
 
 // Element type of a mask kind in memory.
 template <MaskKind M> struct MaskElem { using type = unsigned char; };  // kNone, kBool
@@ -55,12 +64,18 @@ __device__ __forceinline__ float mask_to_float(float x) { return x; }
 
 // ------------------------------------------------------------------ rows
 
+constexpr int kUnbounded = 1 << 30;
+
 // Everything a block needs to know about its (batch row, query head):
-// the valid lengths, the causal offset, and base pointers.
+// the valid lengths, the band, and base pointers.
 struct HeadView {
   int64_t b = 0, h = 0, hk = 0;  // batch row, query head, kv head (h / group)
   int q_len = 0, kv_len = 0;     // clamped valid lengths
-  int causal_off = 0;            // query i may attend key j iff j <= i + causal_off
+  int off = 0;                   // kv_len - q_len: query i sits at key position i + off
+  // The band (banded variants): query i may attend key j only if
+  // i + lo_off <= j <= i + hi_off (causal: hi_off <= off; a window of
+  // (left, right): lo_off = off - left, hi_off <= off + right).
+  int lo_off = -kUnbounded, hi_off = kUnbounded;
   const unsigned char* mask = nullptr;  // mask base of (b, h), bytes; nullptr if none
 };
 
@@ -78,7 +93,10 @@ __device__ __forceinline__ HeadView head_view(const Problem& pb, int64_t b, int6
   hv.hk = h / (pb.Hq / pb.Hkv);
   hv.q_len = clamp_len(pb.q_lengths, b, pb.Lq);
   hv.kv_len = clamp_len(pb.kv_lengths, b, pb.Lk);
-  hv.causal_off = hv.kv_len - hv.q_len;
+  hv.off = hv.kv_len - hv.q_len;
+  if (pb.causal) hv.hi_off = hv.off;
+  if (pb.window_right >= 0) hv.hi_off = min(hv.hi_off, hv.off + pb.window_right);
+  if (pb.window_left >= 0) hv.lo_off = hv.off - pb.window_left;
   if constexpr (M != MaskKind::kNone) {
     hv.mask = static_cast<const unsigned char*>(pb.mask) +
               (b * pb.mask_stride_b + h * pb.mask_stride_h) *
@@ -117,25 +135,32 @@ struct MaskView {
 };
 
 // Bounds of the boundary tiles, precomputed per row or per key so that a
-// boundary pair costs one or two integer compares:
-//   query-major (forward, dQ): key j of row i passes iff j < key_limit(i);
-//   key-major (dK/dV): query i of key j passes iff query_low(j) <= i < q_len.
-// Both fold the lengths (a row past q_len passes no key, a key past kv_len
-// no row) and the causal rule j <= i + causal_off.
-template <bool CAUSAL>
+// boundary pair costs a few integer compares:
+//   query-major (forward, dQ): key j of row i passes iff
+//       j < key_limit(i) and j - i >= lo_off;
+//   key-major (dK/dV): query i of key j passes iff
+//       query_low(j) <= i < query_high(j).
+// They fold the lengths (a row past q_len passes no key, a key past kv_len
+// no row) and the band i + lo_off <= j <= i + hi_off. Without a band the
+// lower bounds are 0 and the upper ones the lengths.
+template <bool BANDED>
 __device__ __forceinline__ int key_limit(const HeadView& hv, int i) {
   if (i >= hv.q_len) return 0;
-  return CAUSAL ? min(hv.kv_len, i + hv.causal_off + 1) : hv.kv_len;
+  return BANDED ? min(hv.kv_len, i + hv.hi_off + 1) : hv.kv_len;
 }
-template <bool CAUSAL>
+template <bool BANDED>
 __device__ __forceinline__ int query_low(const HeadView& hv, int j) {
   if (j >= hv.kv_len) return 0x7fffffff;
-  return CAUSAL ? j - hv.causal_off : 0;
+  return BANDED ? j - hv.hi_off : 0;
+}
+template <bool BANDED>
+__device__ __forceinline__ int query_high(const HeadView& hv, int j) {
+  return BANDED ? min(hv.q_len, j - hv.lo_off + 1) : hv.q_len;
 }
 
-// The masked score of pair (i, j) from x = q.k * scale * log2(e).
-// BOUNDARY: the tile may hold pairs that may not attend (past the lengths,
-// above the causal diagonal): `pass` (from key_limit / query_low) says
+// The masked score of pair (i, j) from its score x in log2 units
+// (pair_score). BOUNDARY: the tile may hold pairs that may not attend (past
+// the lengths, outside the band): `pass` (RowBand / KeyBand) says
 // whether this one may. A pair that does not pass reads mask element
 // (0, 0) instead of its own (always inside the mask: a tile is only visited
 // when Lq, Lk >= 1; never past the end of a row) and gets -inf: the load is
@@ -155,23 +180,98 @@ __device__ __forceinline__ float tile_score(const Problem& pb, const MaskView<F:
   }
 }
 
-// Last key (exclusive) that any query row in [row0, row_end) may attend,
-// clamped to >= 0: the key loop of a query tile stops there, so fully
-// padded and causally excluded key tiles are never visited.
-template <bool CAUSAL>
+// The keys [key_begin, key_end) that some query row in [row0, row_end) may
+// attend (key_end clamped to >= 0): the key loop of a query tile runs over
+// them only, so fully padded key tiles and those outside the band are never
+// visited (a window's cost grows with the window, not with Lk).
+template <bool BANDED>
 __device__ __forceinline__ int key_end(const HeadView& hv, int row0, int row_end) {
   const int last_row = min(row_end, hv.q_len) - 1;
   if (last_row < row0) return 0;
   int end = hv.kv_len;
-  if (CAUSAL) end = min(end, last_row + hv.causal_off + 1);
+  if (BANDED) end = min(end, last_row + hv.hi_off + 1);
   return max(end, 0);
 }
+template <bool BANDED>
+__device__ __forceinline__ int key_begin(const HeadView& hv, int row0) {
+  return BANDED ? max(0, row0 + hv.lo_off) : 0;
+}
 
-// First query row that may attend a key in [key0, ...): the query loop of a
-// key tile (dK/dV) starts at the query tile holding it.
-template <bool CAUSAL>
+// The query rows [query_begin, query_end) that may attend some key in
+// [key0, key_stop): the query loop of a key tile (dK/dV) runs over the
+// query tiles holding them.
+template <bool BANDED>
 __device__ __forceinline__ int query_begin(const HeadView& hv, int key0) {
-  return CAUSAL ? max(0, key0 - hv.causal_off) : 0;
+  return BANDED ? max(0, key0 - hv.hi_off) : 0;
+}
+template <bool BANDED>
+__device__ __forceinline__ int query_end(const HeadView& hv, int key_stop) {
+  return BANDED ? min(hv.q_len, key_stop - 1 - hv.lo_off + 1) : hv.q_len;
+}
+
+// ---------------------------------------------------------- score terms
+
+// ALiBi and softcapping of one (batch row, query head), in log2 units (the
+// scores' unit): with x = q.k * scale * log2(e),
+//   softcap:  x <- cap2 * tanh(x / cap2),   cap2 = softcap * log2(e)
+//             (= softcap * tanh(s / softcap) * log2(e) for s = q.k * scale),
+//   ALiBi:    x <- x - slope2 * |i + off - j|,   slope2 = slope * log2(e).
+// Only the kernels of a SCORE_TERMS variant build one; cap2 = 0 means no
+// softcap, slope2 = 0 no ALiBi (a block-uniform branch each).
+struct ScoreTerms {
+  float cap2 = 0.f, inv_cap2 = 0.f;
+  float slope2 = 0.f;
+  int off = 0;
+};
+
+template <bool SCORE_TERMS>
+__device__ __forceinline__ ScoreTerms score_terms(const Problem& pb, const HeadView& hv) {
+  ScoreTerms st;
+  if constexpr (SCORE_TERMS) {
+    if (pb.softcap > 0.f) {
+      st.cap2 = pb.softcap * kLog2e;
+      st.inv_cap2 = 1.f / st.cap2;
+    }
+    if (pb.alibi_slopes != nullptr) {
+      st.slope2 = pb.alibi_slopes[hv.b * pb.alibi_stride_b + hv.h] * kLog2e;
+    }
+    st.off = hv.off;
+  }
+  return st;
+}
+
+// tanh(y) = 1 - 2 / (1 + e^(2y)): one exp2 and one fast division, exact to
+// a few float32 ulp of absolute error (what the softmax sees; tanh.approx
+// would be off by up to 2^-11 relative, i.e. 0.02 in a score capped at 50).
+// e^(2y) = inf gives 1, e^(2y) = 0 gives -1: never NaN.
+__device__ __forceinline__ float tanh_exp2(float y) {
+  const float e = exp2f(y * (2.f * kLog2e));
+  return 1.f - __fdividef(2.f, 1.f + e);
+}
+
+// The score of pair (i, j) in log2 units from its raw q.k: scaled, then
+// (SCORE_TERMS) softcapped and ALiBi added. The mask and the bounds come
+// after (tile_score).
+template <bool SCORE_TERMS>
+__device__ __forceinline__ float pair_score(const ScoreTerms& st, float qk, float scale_log2,
+                                            int i, int j) {
+  float x = qk * scale_log2;
+  if constexpr (SCORE_TERMS) {
+    if (st.cap2 > 0.f) x = st.cap2 * tanh_exp2(x * st.inv_cap2);
+    x -= st.slope2 * static_cast<float>(abs(i + st.off - j));
+  }
+  return x;
+}
+
+// The factor the score gradient of pair (i, j) takes through the softcap,
+// d(cap tanh(s / cap)) / ds = 1 - tanh^2, recovered from the pair's final
+// score x (log2 units; -inf for an excluded pair, which gives 0, as its dS
+// is 0 anyway). 1 without softcap.
+__device__ __forceinline__ float softcap_grad(const ScoreTerms& st, float x, int i, int j) {
+  if (st.cap2 == 0.f) return 1.f;
+  float t = (x + st.slope2 * static_cast<float>(abs(i + st.off - j))) * st.inv_cap2;
+  t = fminf(fmaxf(t, -1.f), 1.f);
+  return 1.f - t * t;
 }
 
 // lse of a row in log2 units, +inf for an empty row (then every exp2 is 0).

@@ -16,10 +16,12 @@
 //   out_i = sum_j exp2(x_ij - m_i) * keep_ij / (1 - p) * v_j / l_i
 //   lse_i = (m_i + log2(l_i)) * ln(2)
 //
-// The key loop stops at the last key any of the block's rows may attend
-// (lengths, causal), so fully padded or causally excluded key tiles cost
-// nothing; the leading key tiles that are interior (attention_tiles.cuh)
-// are masked without bounds checks, the trailing boundary ones with.
+// The key loop runs from the first to the last key any of the block's rows
+// may attend (lengths, causal, window), so fully padded key tiles and those
+// outside the band cost nothing; the interior key tiles
+// (attention_tiles.cuh) are masked without bounds checks, the boundary ones
+// with. ALiBi and softcap (score-term variants) enter each score before the
+// mask (attention_common.cuh, pair_score).
 //
 // Rows that attend nothing keep m = -inf and l = 0: they write out = 0 and
 // lse = -inf (exp2 is evaluated against 0 instead of -inf, never NaN).
@@ -43,13 +45,18 @@ constexpr int kFwdBM = 16 * kFwdWarps;
 // takes BN = 16, and masked variants of D >= 96 take BN = 32, to stay within
 // 255 registers without spilling. kMinBlocks (blocks resident per SM, which
 // caps the registers per thread) keeps the occupancy ptxas picks for the
-// unmasked kernels; masked variants of D <= 64 get one block less instead of
-// spilling. (Any spill fails .ci/check_cuda.sh.)
+// unmasked kernels; masked and score-term variants of D <= 64 run 2 blocks
+// per SM, dropout variants (the row keys and the keep threshold held in
+// registers) one block less than the others, instead of spilling. (Any
+// spill fails .ci/check_cuda.sh.)
 template <int D, class F>
 struct FwdConfig {
   static constexpr int BM = kFwdBM;
   static constexpr int BN = D >= 256 ? 16 : (F::kHasMask && D >= 96 ? 32 : 64);
-  static constexpr int kMinBlocks = F::kHasMask ? 2 : (D <= 32 ? 4 : (D <= 64 ? 3 : 2));
+  static constexpr int kMinBlocks =
+      (F::kHasMask || F::kScoreTerms)
+          ? 2
+          : (D <= 32 ? (F::kDropout ? 3 : 4) : (D <= 64 ? (F::kDropout ? 2 : 3) : 2));
   static constexpr size_t kSmemBytes = static_cast<size_t>(BM + 4 * BN) * smem_stride<D>() * 2;
 };
 
@@ -76,6 +83,7 @@ __global__ void __launch_bounds__(kFwdThreads, (FwdConfig<D, F>::kMinBlocks))
   const int64_t bh = blockIdx.x / tiles_m;
   const HeadView hv = head_view<F::kMask>(pb, bh / pb.Hq, bh % pb.Hq);
   const MaskView<F::kMask> mask(hv);
+  const ScoreTerms terms = score_terms<F::kScoreTerms>(pb, hv);
   const int d = static_cast<int>(pb.D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, t = lane & 3;
@@ -84,12 +92,15 @@ __global__ void __launch_bounds__(kFwdThreads, (FwdConfig<D, F>::kMinBlocks))
   const T* k = static_cast<const T*>(pb.k.ptr) + hv.b * pb.k.stride_b + hv.hk * pb.k.stride_h;
   const T* v = static_cast<const T*>(pb.v.ptr) + hv.b * pb.v.stride_b + hv.hk * pb.v.stride_h;
 
-  const int n_end = key_end<F::kCausal>(hv, m0, m0 + BM);
-  const int num_tiles = static_cast<int>(ceil_div(n_end, BN));
-  const int n_interior = interior_key_tiles<F, BM, BN>(hv, m0);
+  // Key tiles first_tile .. first_tile + num_tiles - 1 hold the keys
+  // [key_begin, n_end) that the block's rows may attend.
+  const int n_end = key_end<F::kBanded>(hv, m0, m0 + BM);
+  const int first_tile = key_begin<F::kBanded>(hv, m0) / BN;
+  const int num_tiles = static_cast<int>(ceil_div(n_end, BN)) - first_tile;  // <= 0: none
+  const TileRange interior = interior_key_tiles<F, BM, BN>(hv, m0);
 
-  auto prefetch = [&](int tile, int stage) {
-    const int n0 = tile * BN;
+  auto prefetch = [&](int it, int stage) {
+    const int n0 = (first_tile + it) * BN;
     load_tile_async<T, BN, D, kFwdThreads, E>(sK + stage * BN * SS, k, pb.k.stride_l, n0,
                                               n_end, d);
     load_tile_async<T, BN, D, kFwdThreads, E>(sV + stage * BN * SS, v, pb.v.stride_l, n0,
@@ -106,7 +117,7 @@ __global__ void __launch_bounds__(kFwdThreads, (FwdConfig<D, F>::kMinBlocks))
   int rows[2];
   rows[0] = m0 + warp * 16 + g;
   rows[1] = rows[0] + 8;
-  const int key_lim[2] = {key_limit<F::kCausal>(hv, rows[0]), key_limit<F::kCausal>(hv, rows[1])};
+  const RowBand band = row_bands<F::kBanded>(hv, rows);
   Dropout drop;
   dropout::RowKeys keys[2] = {{0u, 0u}, {0u, 0u}};
   if constexpr (F::kDropout) {
@@ -126,7 +137,8 @@ __global__ void __launch_bounds__(kFwdThreads, (FwdConfig<D, F>::kMinBlocks))
   for (int it = 0; it < num_tiles; ++it) {
     pipeline_next(it, num_tiles, prefetch);
     const int stage = it & 1;
-    const int n0 = it * BN;
+    const int tile = first_tile + it;
+    const int n0 = tile * BN;
     const T* sKs = sK + stage * BN * SS;
     const T* sVs = sV + stage * BN * SS;
 
@@ -135,10 +147,10 @@ __global__ void __launch_bounds__(kFwdThreads, (FwdConfig<D, F>::kMinBlocks))
 #pragma unroll
     for (int i = 0; i < NB; ++i) s[i][0] = s[i][1] = s[i][2] = s[i][3] = 0.f;
     mma_abt<T, D, NB>(s, sQw, sKs, lane);
-    if (it < n_interior) {
-      mask_rows_tile<F, false>(s, pb, mask, rows, key_lim, n0, t, scale_log2);
+    if (interior.holds(tile)) {
+      mask_rows_tile<F, false>(s, pb, mask, terms, rows, band, n0, t, scale_log2);
     } else {
-      mask_rows_tile<F, true>(s, pb, mask, rows, key_lim, n0, t, scale_log2);
+      mask_rows_tile<F, true>(s, pb, mask, terms, rows, band, n0, t, scale_log2);
     }
 
     // Online softmax and dropout. s[nb][2r + e] is row rows[r], key

@@ -15,7 +15,8 @@
 // shared preprocess kernel, dK/dV per key tile looping over the query heads
 // of its GQA group and their query tiles, dQ per query tile: no atomics.
 // Features are template parameters too (no even variants: the loads here
-// are plain predicated loads); interior tiles skip the bounds checks.
+// are plain predicated loads); interior tiles skip the bounds checks, tiles
+// outside the band (causal, window) are not visited.
 #pragma once
 
 #include "cuda/attention_kernels.h"
@@ -76,6 +77,7 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
   const int64_t bh = blockIdx.x / tiles_m;
   const HeadView hv = head_view<F::kMask>(pb, bh / pb.Hq, bh % pb.Hq);
   const MaskView<F::kMask> mask(hv);
+  const ScoreTerms terms = score_terms<F::kScoreTerms>(pb, hv);
   const int d = static_cast<int>(pb.D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float* q = static_cast<const float*>(pb.q.ptr) + hv.b * pb.q.stride_b + hv.h * pb.q.stride_h;
@@ -83,8 +85,9 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
   const float* v = static_cast<const float*>(pb.v.ptr) + hv.b * pb.v.stride_b + hv.hk * pb.v.stride_h;
 
   load_rows<kSimtRows, D, D>(sQ, q, pb.q.stride_l, m0, hv.q_len, d);
-  const int n_end = key_end<F::kCausal>(hv, m0, m0 + kSimtRows);
-  const int n_interior = interior_key_tiles<F, kSimtRows, kSimtTile>(hv, m0);
+  const int n_begin = key_begin<F::kBanded>(hv, m0) / kSimtTile * kSimtTile;
+  const int n_end = key_end<F::kBanded>(hv, m0, m0 + kSimtRows);
+  const TileRange interior_tiles = interior_key_tiles<F, kSimtRows, kSimtTile>(hv, m0);
   Dropout drop;
   if constexpr (F::kDropout) drop = make_dropout(pb, inv_keep, threshold);
   const float scale_log2 = pb.scale * kLog2e;
@@ -99,23 +102,26 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
 #pragma unroll
     for (int c = 0; c < DPL; ++c) acc[r][c] = 0.f;
     const int i = m0 + warp * kRowsPerWarp + r;
-    key_lim[r] = key_limit<F::kCausal>(hv, i);
+    key_lim[r] = key_limit<F::kBanded>(hv, i);
     keys[r] = F::kDropout ? dropout_keys(drop, pb, hv, i) : dropout::RowKeys{0u, 0u};
   }
 
-  for (int n0 = 0; n0 < n_end; n0 += kSimtTile) {
+  for (int n0 = n_begin; n0 < n_end; n0 += kSimtTile) {
     __syncthreads();  // the previous tile is consumed
     load_rows<kSimtTile, D, KS>(sK, k, pb.k.stride_l, n0, n_end, d);
     load_rows<kSimtTile, D, D>(sV, v, pb.v.stride_l, n0, n_end, d);
     __syncthreads();
     const int j = n0 + lane;
-    const bool interior = n0 / kSimtTile < n_interior;
+    const bool interior = interior_tiles.holds(n0 / kSimtTile);
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int row = warp * kRowsPerWarp + r;
-      const float dot = dot_rows<D>(sQ + row * D, sK + lane * KS) * scale_log2;
+      const float dot = pair_score<F::kScoreTerms>(
+          terms, dot_rows<D>(sQ + row * D, sK + lane * KS), scale_log2, m0 + row, j);
+      // the lower band edge as RowBand checks it (attention_tiles.cuh)
+      const bool pass = j < key_lim[r] && (!F::kBanded || j - (m0 + row) >= hv.lo_off);
       const float x = interior ? tile_score<F, false>(pb, mask, m0 + row, j, dot, true)
-                               : tile_score<F, true>(pb, mask, m0 + row, j, dot, j < key_lim[r]);
+                               : tile_score<F, true>(pb, mask, m0 + row, j, dot, pass);
       const float m_new = fmaxf(m_run[r], warp_max(x));
       const float m_use = m_new == -INFINITY ? 0.f : m_new;
       const float alpha = exp2f(m_run[r] - m_use);
@@ -188,25 +194,28 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
   load_rows<kSimtRows, D, D>(sV, v, pb.v.stride_l, key0, hv0.kv_len, d);
 
   float dk[kRowsPerWarp][DPL], dv[kRowsPerWarp][DPL];
-  int q_low[kRowsPerWarp];
+  int q_low[kRowsPerWarp], q_high[kRowsPerWarp];
 #pragma unroll
   for (int r = 0; r < kRowsPerWarp; ++r) {
 #pragma unroll
     for (int c = 0; c < DPL; ++c) dk[r][c] = dv[r][c] = 0.f;
-    q_low[r] = query_low<F::kCausal>(hv0, key0 + warp * kRowsPerWarp + r);
+    q_low[r] = query_low<F::kBanded>(hv0, key0 + warp * kRowsPerWarp + r);
+    q_high[r] = query_high<F::kBanded>(hv0, key0 + warp * kRowsPerWarp + r);
   }
 
   if (key0 < hv0.kv_len) {  // else the whole key tile is padding: dk = dv = 0
-    const int i_begin = query_begin<F::kCausal>(hv0, key0) / kSimtTile * kSimtTile;
+    const int i_begin = query_begin<F::kBanded>(hv0, key0) / kSimtTile * kSimtTile;
+    const int i_end = query_end<F::kBanded>(hv0, min(key0 + kSimtRows, hv0.kv_len));
     for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
       const HeadView hv = head_view<F::kMask>(pb, b, h);
       const MaskView<F::kMask> mask(hv);
+      const ScoreTerms terms = score_terms<F::kScoreTerms>(pb, hv);
       const float* q = static_cast<const float*>(pb.q.ptr) + b * pb.q.stride_b + h * pb.q.stride_h;
       const float* dout =
           static_cast<const float*>(p.dout.ptr) + b * p.dout.stride_b + h * p.dout.stride_h;
       const float* lse = p.lse + (b * pb.Hq + h) * pb.Lq;
       const float* delta = p.delta + (b * pb.Hq + h) * pb.Lq;
-      for (int i0 = i_begin; i0 < hv.q_len; i0 += kSimtTile) {
+      for (int i0 = i_begin; i0 < i_end; i0 += kSimtTile) {
         __syncthreads();  // the previous query tile is consumed
         load_rows<kSimtTile, D, QS>(sQ, q, pb.q.stride_l, i0, hv.q_len, d);
         load_rows<kSimtTile, D, QS>(sdO, dout, p.dout.stride_l, i0, hv.q_len, d);
@@ -224,8 +233,9 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
         for (int r = 0; r < kRowsPerWarp; ++r) {
           const int jr = warp * kRowsPerWarp + r;
           const int j = key0 + jr;
-          const float s = dot_rows<D>(sQ + lane * QS, sK + jr * D) * scale_log2;
-          const bool pass = i >= q_low[r] && i < hv.q_len;
+          const float s = pair_score<F::kScoreTerms>(
+              terms, dot_rows<D>(sQ + lane * QS, sK + jr * D), scale_log2, i, j);
+          const bool pass = i >= q_low[r] && i < q_high[r];
           const float x = interior ? tile_score<F, false>(pb, mask, i, j, s, true)
                                    : tile_score<F, true>(pb, mask, i, j, s, pass);
           const float pr = exp2f(x - sLse[lane]);
@@ -236,7 +246,8 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
             dp *= f;
             pd *= f;
           }
-          const float ds = pr * (dp - sDelta[lane]);
+          float ds = pr * (dp - sDelta[lane]);
+          if constexpr (F::kScoreTerms) ds *= softcap_grad(terms, x, i, j);
           for (int ii = 0; ii < kSimtTile; ++ii) {
             const float pdi = __shfl_sync(0xffffffffu, pd, ii);
             const float dsi = __shfl_sync(0xffffffffu, ds, ii);
@@ -287,6 +298,7 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
   const int64_t bh = blockIdx.x / tiles_m;
   const HeadView hv = head_view<F::kMask>(pb, bh / pb.Hq, bh % pb.Hq);
   const MaskView<F::kMask> mask(hv);
+  const ScoreTerms terms = score_terms<F::kScoreTerms>(pb, hv);
   const int d = static_cast<int>(pb.D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float scale_log2 = pb.scale * kLog2e;
@@ -310,32 +322,36 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
     const int i = m0 + warp * kRowsPerWarp + r;
     lse2[r] = i < hv.q_len ? lse_log2(p.lse[row_base + i]) : INFINITY;
     delta[r] = i < hv.q_len ? p.delta[row_base + i] : 0.f;
-    key_lim[r] = key_limit<F::kCausal>(hv, i);
+    key_lim[r] = key_limit<F::kBanded>(hv, i);
     keys[r] = F::kDropout ? dropout_keys(drop, pb, hv, i) : dropout::RowKeys{0u, 0u};
 #pragma unroll
     for (int c = 0; c < DPL; ++c) dq[r][c] = 0.f;
   }
 
-  const int n_end = key_end<F::kCausal>(hv, m0, m0 + kSimtRows);
-  const int n_interior = interior_key_tiles<F, kSimtRows, kSimtTile>(hv, m0);
-  for (int n0 = 0; n0 < n_end; n0 += kSimtTile) {
+  const int n_begin = key_begin<F::kBanded>(hv, m0) / kSimtTile * kSimtTile;
+  const int n_end = key_end<F::kBanded>(hv, m0, m0 + kSimtRows);
+  const TileRange interior_tiles = interior_key_tiles<F, kSimtRows, kSimtTile>(hv, m0);
+  for (int n0 = n_begin; n0 < n_end; n0 += kSimtTile) {
     __syncthreads();
     load_rows<kSimtTile, D, KS>(sK, k, pb.k.stride_l, n0, n_end, d);
     load_rows<kSimtTile, D, KS>(sV, v, pb.v.stride_l, n0, n_end, d);
     __syncthreads();
     const int j = n0 + lane;
-    const bool interior = n0 / kSimtTile < n_interior;
+    const bool interior = interior_tiles.holds(n0 / kSimtTile);
 #pragma unroll
     for (int r = 0; r < kRowsPerWarp; ++r) {
       const int row = warp * kRowsPerWarp + r;
       const int i = m0 + row;
-      const float s = dot_rows<D>(sQ + row * D, sK + lane * KS) * scale_log2;
+      const float s = pair_score<F::kScoreTerms>(
+          terms, dot_rows<D>(sQ + row * D, sK + lane * KS), scale_log2, i, j);
+      const bool pass = j < key_lim[r] && (!F::kBanded || j - i >= hv.lo_off);
       const float x = interior ? tile_score<F, false>(pb, mask, i, j, s, true)
-                               : tile_score<F, true>(pb, mask, i, j, s, j < key_lim[r]);
+                               : tile_score<F, true>(pb, mask, i, j, s, pass);
       const float pr = exp2f(x - lse2[r]);
       float dp = dot_rows<D>(sdO + row * D, sV + lane * KS);
       if constexpr (F::kDropout) dp *= dropout_factor(drop, keys[r], j);
-      const float ds = pr * (dp - delta[r]);
+      float ds = pr * (dp - delta[r]);
+      if constexpr (F::kScoreTerms) ds *= softcap_grad(terms, x, i, j);
       if (p.dmask != nullptr && (interior || (i < pb.Lq && j < pb.Lk))) {
         p.dmask[(row_base + i) * pb.Lk + j] = ds;
       }

@@ -8,14 +8,16 @@
 //     (S = A B^T) and accumulator updates from a score tile held in
 //     registers (acc += P B), with the A-fragment packing between the two;
 //   * interior/boundary tiles: a tile whose every (query, key) pair is
-//     inside the lengths and below the causal diagonal is "interior" and
-//     masked without any per-element bounds or causal check (only the mask
-//     itself, if the variant has one, is applied); the others ("boundary":
-//     the ends of the lengths, the causal diagonal) check each pair. The
-//     choice is one block-uniform branch per tile;
+//     inside the lengths and inside the band (causal, window) is "interior"
+//     and masked without any per-element bounds or band check (only the
+//     mask itself, if the variant has one, is applied); the others
+//     ("boundary": the ends of the lengths, the band's edges) check each
+//     pair. The choice is one block-uniform branch per tile; tiles wholly
+//     outside the band or the lengths are never visited;
 //   * host: launch_kernel (attribute, grid checks, launch, error), and the
 //     switches from run-time values to template arguments: with_head_dim
-//     (the bucket) and with_features (mask kind, causal, dropout, even).
+//     (the bucket) and with_features (mask kind, banded, dropout, even,
+//     score terms).
 //
 // Score-tile layout of an m16n8k16 accumulator (g = lane / 4, t = lane % 4):
 // c[nb][2r + e] is row g + 8r, column nb * 8 + 2t + e of the warp's tile.
@@ -158,19 +160,30 @@ __device__ __forceinline__ void mma_pb2(float (&acc1)[DB][4], const float (&p1)[
 // ---------------------------------------------- interior / boundary tiles
 
 // Query-major loops (forward, dQ): a block of query rows [m0, m0 + BM)
-// visits key tiles 0, 1, ... of BN keys. The number of leading key tiles
-// that are interior: the row block lies within q_len, the tile's keys
-// within kv_len and (causal) at or below the diagonal of the block's first
-// row, hence of every row. Tiles from there to the key end are boundary.
+// visits the key tiles of BN keys from key_begin / BN to the key end. The
+// key tiles [begin, end) (tile indices) that are interior: the row block
+// lies within q_len, the tile's keys within kv_len and (banded) inside the
+// band of every row: at or below the upper edge of the block's first row
+// and at or above the lower edge of its last row. The other visited tiles
+// are boundary.
+struct TileRange {
+  int begin = 0, end = 0;
+  __device__ __forceinline__ bool holds(int tile) const { return tile >= begin && tile < end; }
+};
+
 template <class F, int BM, int BN>
-__device__ __forceinline__ int interior_key_tiles(const HeadView& hv, int m0) {
-  if (!F::kEven && m0 + BM > hv.q_len) return 0;
-  int n = hv.kv_len / BN;
-  if (F::kCausal) {
-    const int allowed = m0 + hv.causal_off + 1;  // keys [0, allowed) for every row >= m0
-    n = min(n, allowed > 0 ? allowed / BN : 0);
+__device__ __forceinline__ TileRange interior_key_tiles(const HeadView& hv, int m0) {
+  TileRange r;
+  if (!F::kEven && m0 + BM > hv.q_len) return r;
+  int keys_end = hv.kv_len;  // keys [keys_begin, keys_end) pass for every row of the block
+  int keys_begin = 0;
+  if (F::kBanded) {
+    keys_end = min(keys_end, m0 + hv.hi_off + 1);
+    keys_begin = max(0, m0 + BM - 1 + hv.lo_off);
   }
-  return n;
+  r.begin = static_cast<int>(ceil_div(keys_begin, BN));
+  r.end = max(keys_end, 0) / BN;
+  return r;
 }
 
 // Key-major loops (dK/dV): whether the tile of query rows [i0, i0 + BM) and
@@ -178,18 +191,62 @@ __device__ __forceinline__ int interior_key_tiles(const HeadView& hv, int m0) {
 template <class F, int BM, int BN>
 __device__ __forceinline__ bool interior_query_tile(const HeadView& hv, int i0, int key0) {
   bool ok = F::kEven || (key0 + BN <= hv.kv_len && i0 + BM <= hv.q_len);
-  if (F::kCausal) ok = ok && key0 + BN - 1 <= i0 + hv.causal_off;
+  if (F::kBanded) {
+    ok = ok && key0 + BN - 1 <= i0 + hv.hi_off && key0 >= i0 + BM - 1 + hv.lo_off;
+  }
   return ok;
 }
 
+// The bounds of a thread's two rows for its boundary tiles (query-major):
+// key j of row rows[r] passes iff j < hi[r] (key_limit: lengths and the
+// band's upper edge) and, banded, j - rows[r] >= lo_off (the lower edge
+// i + lo_off <= j of attention_common.cuh): one register for both rows'
+// lower edges, as register pressure decides these kernels' occupancy.
+struct RowBand {
+  int hi[2];
+  int lo_off;
+  template <bool BANDED>
+  __device__ __forceinline__ bool pass(int r, int row, int j) const {
+    return j < hi[r] && (!BANDED || j - row >= lo_off);
+  }
+};
+
+template <bool BANDED>
+__device__ __forceinline__ RowBand row_bands(const HeadView& hv, const int (&rows)[2]) {
+  RowBand b;
+  b.hi[0] = key_limit<BANDED>(hv, rows[0]);
+  b.hi[1] = key_limit<BANDED>(hv, rows[1]);
+  b.lo_off = hv.lo_off;
+  return b;
+}
+
+// The bounds of a thread's two keys (key-major): query i of key keys[r]
+// passes iff lo[r] <= i < hi[r] (query_low, query_high).
+struct KeyBand {
+  int lo[2], hi[2];
+};
+
+template <bool BANDED>
+__device__ __forceinline__ KeyBand key_bands(const HeadView& hv, const int (&keys)[2]) {
+  KeyBand b;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    b.lo[r] = query_low<BANDED>(hv, keys[r]);
+    b.hi[r] = query_high<BANDED>(hv, keys[r]);
+  }
+  return b;
+}
+
 // Masks a query-major warp score tile in place: c[nb][2r + e] (the raw
-// q.k) becomes the masked score in log2 units of row rows[r], key
-// n0 + nb * 8 + 2t + e. key_lim[r] = key_limit(rows[r]) (boundary tiles).
+// q.k) becomes the score in log2 units (score terms, mask, bounds) of row
+// rows[r], key n0 + nb * 8 + 2t + e. band: row_bands(rows) (boundary
+// tiles).
 template <class F, bool BOUNDARY, int NB>
 __device__ __forceinline__ void mask_rows_tile(float (&c)[NB][4], const Problem& pb,
                                                const MaskView<F::kMask>& mask,
-                                               const int (&rows)[2], const int (&key_lim)[2],
-                                               int n0, int t, float scale_log2) {
+                                               const ScoreTerms& terms, const int (&rows)[2],
+                                               const RowBand& band, int n0, int t,
+                                               float scale_log2) {
 #pragma unroll
   for (int nb = 0; nb < NB; ++nb) {
 #pragma unroll
@@ -197,21 +254,23 @@ __device__ __forceinline__ void mask_rows_tile(float (&c)[NB][4], const Problem&
 #pragma unroll
       for (int e = 0; e < 2; ++e) {
         const int j = n0 + nb * 8 + 2 * t + e;
-        c[nb][2 * r + e] = tile_score<F, BOUNDARY>(pb, mask, rows[r], j,
-                                                   c[nb][2 * r + e] * scale_log2, j < key_lim[r]);
+        const bool pass = band.pass<F::kBanded>(r, rows[r], j);
+        const float x = pair_score<F::kScoreTerms>(terms, c[nb][2 * r + e], scale_log2,
+                                                   rows[r], j);
+        c[nb][2 * r + e] = tile_score<F, BOUNDARY>(pb, mask, rows[r], j, x, pass);
       }
     }
   }
 }
 
 // The same for a key-major (transposed) tile: c[mb][2r + e] is key keys[r],
-// query i0 + mb * 8 + 2t + e. q_low[r] = query_low(keys[r]), q_len: the
-// row bound (boundary tiles).
+// query i0 + mb * 8 + 2t + e. band: key_bands(keys) (boundary tiles).
 template <class F, bool BOUNDARY, int MB>
 __device__ __forceinline__ void mask_keys_tile(float (&c)[MB][4], const Problem& pb,
                                                const MaskView<F::kMask>& mask,
-                                               const int (&keys)[2], const int (&q_low)[2],
-                                               int q_len, int i0, int t, float scale_log2) {
+                                               const ScoreTerms& terms, const int (&keys)[2],
+                                               const KeyBand& band, int i0, int t,
+                                               float scale_log2) {
 #pragma unroll
   for (int mb = 0; mb < MB; ++mb) {
 #pragma unroll
@@ -219,9 +278,11 @@ __device__ __forceinline__ void mask_keys_tile(float (&c)[MB][4], const Problem&
       const int i = i0 + mb * 8 + 2 * t + e;
 #pragma unroll
       for (int r = 0; r < 2; ++r) {
-        const bool pass = i >= q_low[r] && (F::kEven || i < q_len);
-        c[mb][2 * r + e] =
-            tile_score<F, BOUNDARY>(pb, mask, i, keys[r], c[mb][2 * r + e] * scale_log2, pass);
+        // Even tiles without a band hold no query past q_len.
+        const bool pass = i >= band.lo[r] && ((F::kEven && !F::kBanded) || i < band.hi[r]);
+        const float x = pair_score<F::kScoreTerms>(terms, c[mb][2 * r + e], scale_log2, i,
+                                                   keys[r]);
+        c[mb][2 * r + e] = tile_score<F, BOUNDARY>(pb, mask, i, keys[r], x, pass);
       }
     }
   }
@@ -264,15 +325,20 @@ cudaError_t with_flags(const Variant& v, Fn&& fn) {
   if constexpr (!mask_supported(DT, M)) {
     return cudaErrorInvalidValue;
   } else {
-    auto go = [&](auto causal, auto dropout) -> cudaError_t {
-      constexpr bool kCausal = decltype(causal)::value;
+    auto go = [&](auto banded, auto dropout) -> cudaError_t {
+      constexpr bool kBanded = decltype(banded)::value;
       constexpr bool kDropout = decltype(dropout)::value;
-      if constexpr (even_supported(DT, M)) {
-        if (v.even) return fn(Features<M, kCausal, kDropout, true>{});
+      if constexpr (score_terms_supported(M)) {
+        if (v.score_terms) return fn(Features<M, kBanded, kDropout, false, true>{});
+      } else {
+        if (v.score_terms) return cudaErrorInvalidValue;
       }
-      return fn(Features<M, kCausal, kDropout, false>{});
+      if constexpr (even_supported(DT, M)) {
+        if (v.even) return fn(Features<M, kBanded, kDropout, true>{});
+      }
+      return fn(Features<M, kBanded, kDropout, false>{});
     };
-    if (v.causal) {
+    if (v.banded) {
       return v.dropout ? go(std::true_type{}, std::true_type{})
                        : go(std::true_type{}, std::false_type{});
     }
@@ -282,9 +348,9 @@ cudaError_t with_flags(const Variant& v, Fn&& fn) {
 }
 
 // fn(Features<...>{}) for the variant the problem runs on (select_variant):
-// the one place where mask kind, causal, dropout and even tiles become
-// template arguments. Mask kinds without kernels for DT give
-// cudaErrorInvalidValue.
+// the one place where mask kind, band, dropout, even tiles and score terms
+// become template arguments. Mask kinds without kernels for DT, and score
+// terms with a mask, give cudaErrorInvalidValue.
 template <DType DT, typename Fn>
 cudaError_t with_features(const Problem& pb, Fn&& fn) {
   const Variant v = select_variant(pb);

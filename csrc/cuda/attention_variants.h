@@ -2,19 +2,30 @@
 // Problem runs on.
 //
 // Every attention kernel is a template over its head-dim bucket and its
-// features (mask kind, causal, dropout, even tiles); the launchers turn the
+// features (mask kind, banded, dropout, even tiles, score terms); the
+// launchers turn the
 // run-time flags of a Problem into those template arguments once per launch
 // (attention_tiles.cuh, with_features), so the kernels' score loops hold no
 // run-time switch over features. This header holds the selection rules as
 // plain C++ (no CUDA device code): the launchers and dev/cuda's standalone
 // check (which must cover every variant) use the same functions.
 //
+// Features:
+//   banded: each query row attends a band of keys narrower than the
+//       lengths: causal, a sliding window, or both. The band's edges are
+//       run-time values of the Problem (no kernel per window size), so a
+//       window costs no extra variant;
+//   score terms (ALiBi and/or softcap, their values at run time): kernels
+//       of problems without attn_mask only; with a mask such a call goes to
+//       another backend (fastattn/ops/attention.py says why).
 // Variants that exist (per pass: forward, dK/dV, dQ):
 //   tensor cores, float16/bfloat16:  5 buckets x {none, bool, bias in the
-//       data's dtype, float32 bias} x causal x dropout, not even; plus the
-//       even variants of the unmasked kernels (x causal x dropout);
+//       data's dtype, float32 bias} x banded x dropout, not even; the even
+//       variants of the unmasked kernels (x banded x dropout); the score-term
+//       variants of the unmasked kernels, not even (x banded x dropout);
 //   CUDA cores, float32 (no even variants: plain predicated loads):
-//       5 buckets x {none, bool, float32 bias} x causal x dropout.
+//       5 buckets x {none, bool, float32 bias} x banded x dropout, plus the
+//       score-term variants of the unmasked ones (x banded x dropout).
 #pragma once
 
 #include <cstdint>
@@ -52,13 +63,26 @@ constexpr bool mask_supported(DType dtype, MaskKind mask) {
          (mask == MaskKind::kBFloat16 && dtype == DType::kBFloat16);
 }
 
-// Whether "even" kernels exist: tensor-core kernels without a mask only.
-// They skip every bounds check (loads, stores, the key/query tile ends) and
-// mask only the causal diagonal tiles. Masked problems, whose score loop
-// reads the mask anyway, run the general kernels (their interior tiles skip
-// the bounds checks too, see attention_tiles.cuh).
-constexpr bool even_supported(DType dtype, MaskKind mask) {
-  return dtype != DType::kFloat32 && mask == MaskKind::kNone;
+// Whether "even" kernels exist: tensor-core kernels without a mask or
+// score terms only. They skip every bounds check (loads, stores, the
+// key/query tile ends) and mask only the band's edge tiles. Masked
+// problems, whose score loop reads the mask anyway, and those with score
+// terms run the general kernels (their interior tiles skip the bounds
+// checks too, see attention_tiles.cuh).
+constexpr bool even_supported(DType dtype, MaskKind mask, bool score_terms = false) {
+  return dtype != DType::kFloat32 && mask == MaskKind::kNone && !score_terms;
+}
+
+// Whether score-term (ALiBi, softcap) kernels exist for a mask kind: only
+// without a mask (every dtype).
+constexpr bool score_terms_supported(MaskKind mask) { return mask == MaskKind::kNone; }
+
+// Whether a problem has score terms / a band.
+inline bool has_score_terms(const Problem& pb) {
+  return pb.alibi_slopes != nullptr || pb.softcap > 0.f;
+}
+inline bool is_banded(const Problem& pb) {
+  return pb.causal || pb.window_left >= 0 || pb.window_right >= 0;
 }
 
 // Every tile size of every tensor-core kernel (64, 32, 16 rows or keys)
@@ -78,14 +102,16 @@ struct Variant {
   DType dtype = DType::kFloat32;
   int head_dim = 0;  // the bucket
   MaskKind mask = MaskKind::kNone;
-  bool causal = false;
+  bool banded = false;
   bool dropout = false;
   bool even = false;
+  bool score_terms = false;
 };
 
 inline bool operator==(const Variant& a, const Variant& b) {
   return a.dtype == b.dtype && a.head_dim == b.head_dim && a.mask == b.mask &&
-         a.causal == b.causal && a.dropout == b.dropout && a.even == b.even;
+         a.banded == b.banded && a.dropout == b.dropout && a.even == b.even &&
+         a.score_terms == b.score_terms;
 }
 
 // Whether `v` is compiled (what the launchers can run).
@@ -93,19 +119,22 @@ inline bool variant_exists(const Variant& v) {
   bool bucket = false;
   for (int b : kHeadDimBuckets) bucket = bucket || v.head_dim == b;
   return bucket && mask_supported(v.dtype, v.mask) &&
-         (!v.even || even_supported(v.dtype, v.mask));
+         (!v.even || even_supported(v.dtype, v.mask, v.score_terms)) &&
+         (!v.score_terms || score_terms_supported(v.mask));
 }
 
 // The variant the launchers run `pb` on (check variant_exists: an
-// unsupported mask kind or head dim gives a variant that does not exist).
+// unsupported mask kind, head dim or score terms with a mask give a variant
+// that does not exist).
 inline Variant select_variant(const Problem& pb) {
   Variant v;
   v.dtype = pb.dtype;
   v.head_dim = head_dim_bucket(pb.D);
   v.mask = pb.mask_kind;
-  v.causal = pb.causal;
+  v.banded = is_banded(pb);
   v.dropout = pb.dropout_p > 0.0;
-  v.even = even_supported(pb.dtype, pb.mask_kind) && even_tiles(pb);
+  v.score_terms = has_score_terms(pb);
+  v.even = even_supported(pb.dtype, pb.mask_kind, v.score_terms) && even_tiles(pb);
   return v;
 }
 
@@ -118,14 +147,15 @@ void for_each_variant(Fn&& fn) {
   for (DType dt : dtypes) {
     for (int d : kHeadDimBuckets) {
       for (MaskKind m : masks) {
-        for (int flags = 0; flags < 8; ++flags) {
+        for (int flags = 0; flags < 16; ++flags) {
           Variant v;
           v.dtype = dt;
           v.head_dim = d;
           v.mask = m;
-          v.causal = (flags & 1) != 0;
+          v.banded = (flags & 1) != 0;
           v.dropout = (flags & 2) != 0;
           v.even = (flags & 4) != 0;
+          v.score_terms = (flags & 8) != 0;
           if (variant_exists(v)) fn(v);
         }
       }

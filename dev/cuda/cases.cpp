@@ -70,6 +70,17 @@ AttnData make_attn_data(const AttnCase& c) {
   pb.Lk = c.Lk;
   pb.D = c.D;
   pb.causal = c.causal;
+  pb.window_left = c.window_left;
+  pb.window_right = c.window_right;
+  pb.softcap = c.softcap;
+  if (c.alibi) {  // ALiBi's geometric slopes 2^(-8 (h + 1) / Hq), halved per batch row
+    pb.alibi_sb = c.alibi_per_batch ? c.Hq : 0;
+    for (int b = 0; b < (c.alibi_per_batch ? c.B : 1); ++b) {
+      for (int h = 0; h < c.Hq; ++h) {
+        pb.alibi.push_back(static_cast<float>(std::exp2(-8.0 * (h + 1) / c.Hq - b)));
+      }
+    }
+  }
   pb.scale = 1.0 / std::sqrt(static_cast<double>(c.D));
   pb.dropout_p = c.dropout_p;
   pb.seed = dropout_seed(c.seed);
@@ -155,6 +166,11 @@ std::string attn_features(const AttnCase& c) {
     s += shapes[static_cast<int>(c.mask_shape)];
   }
   if (c.causal) s += " causal";
+  if (c.window_left >= 0 || c.window_right >= 0) {
+    s += " win=(" + std::to_string(c.window_left) + "," + std::to_string(c.window_right) + ")";
+  }
+  if (c.alibi) s += c.alibi_per_batch ? " alibi/b" : " alibi";
+  if (c.softcap > 0) s += " softcap";
   if (c.dropout_p > 0) s += " drop";
   if (c.lengths == Lengths::kQ) s += " qlen";
   if (c.lengths == Lengths::kKv) s += " kvlen";
@@ -204,7 +220,21 @@ AttnCase variant_case(const Variant& v, int n) {
   c.group = "variant";
   c.dtype = v.dtype;
   c.mask = v.mask;
-  c.causal = v.causal;
+  // Banded variants rotate through causal, a two-sided window (narrow enough
+  // to skip whole key and query tiles of the larger shapes) and both.
+  if (v.banded) {
+    switch (n % 3) {
+      case 0: c.causal = true; break;
+      case 1: c.window_left = 40; c.window_right = 17; break;
+      default: c.causal = true; c.window_left = 70; break;
+    }
+  }
+  // Score-term variants rotate through ALiBi, softcap and both.
+  if (v.score_terms) {
+    c.alibi = n % 3 != 1;
+    c.alibi_per_batch = n % 2 == 0;
+    if (n % 3 != 0) c.softcap = 2.0;
+  }
   c.dropout_p = v.dropout ? 0.2 : 0.0;
   const Shape& s = v.even ? kEven[n % 3] : kGeneral[n % 6];
   c.B = s.B;

@@ -1,6 +1,7 @@
 // The test cases of the standalone check: attention cases that cover every
 // compiled kernel variant (attention_variants.h: dtype x head-dim bucket x
-// mask kind x causal x dropout x even) on small odd shapes, a few medium
+// mask kind x banded (causal, window) x dropout x even x score terms (ALiBi,
+// softcap)) on small odd shapes, a few medium
 // shapes, exact dropout-mask probes, and norm cases that cover every norm
 // kernel path (register / looped, scalar / 16-byte vector, forward /
 // backward) in every dtype. Inputs are drawn from a fixed-seed generator and
@@ -44,6 +45,10 @@ struct AttnCase {
   MaskKind mask = MaskKind::kNone;
   MaskShape mask_shape = MaskShape::kNone;
   bool causal = false;
+  int window_left = -1, window_right = -1;  // -1 = unbounded
+  bool alibi = false;                       // ALiBi slopes (B, Hq) or (1, Hq)
+  bool alibi_per_batch = false;
+  double softcap = 0.0;
   double dropout_p = 0.0;
   Lengths lengths = Lengths::kNone;
   bool strided = false;    // q, k, v, dout stored as (B, L, H, D)

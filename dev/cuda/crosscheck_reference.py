@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from fastattn import _rng, reference
+from fastattn.ops.variants import Variants
 
 TOL = 1e-9
 
@@ -79,10 +80,15 @@ def check_attention(base: str, meta: dict, problems: list) -> None:
     scale = float(meta["scale"])
     p = float(meta["dropout_p"])
     seed = torch.tensor([int(meta["seed"])], dtype=torch.int64) if p > 0 else None
-    out, lse = reference._attention(q, k, v, causal, mask, q_len, kv_len, p, scale, seed)
+    window = tuple(int(w) for w in meta["window"].split())
+    alibi_rows = int(meta["alibi_rows"])
+    slopes = array(base, "alibi", (alibi_rows, Hq)) if alibi_rows else None
+    variants = Variants(window, slopes, float(meta["softcap"]))
+    out, lse = reference._attention(q, k, v, causal, mask, q_len, kv_len, p, scale, seed,
+                                    variants=variants)
     mask_grad = mask is not None and mask.is_floating_point()
     grads = reference._attention_bwd(dout, dlse, q, k, v, out, lse, mask, q_len, kv_len, causal,
-                                     scale, p, seed, mask_grad)
+                                     scale, p, seed, mask_grad, variants=variants)
     dq, dk, dv, ds = grads[:4]  # (a later element: gradients of attention variants)
     label = os.path.basename(base) + " " + meta["label"]
     compare(problems, label, "out", array(base, "out"), out)

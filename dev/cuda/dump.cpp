@@ -39,6 +39,9 @@ void dump_attention(const std::string& dir, int id, const AttnCase& c, const Att
                static_cast<long long>(pb.ms_k), pb.mask.size());
   std::fprintf(f, "causal = %d\nscale = %.17g\ndropout_p = %.17g\nseed = %llu\n", pb.causal ? 1 : 0,
                pb.scale, pb.dropout_p, static_cast<unsigned long long>(pb.seed));
+  std::fprintf(f, "window = %d %d\nsoftcap = %.17g\nalibi_rows = %d\n", pb.window_left,
+               pb.window_right, pb.softcap,
+               pb.alibi.empty() ? 0 : static_cast<int>(pb.alibi.size()) / pb.Hq);
   std::fprintf(f, "lengths = %d\ndlse = %d\nlabel = %s %s\n", static_cast<int>(c.lengths),
                pb.dlse.empty() ? 0 : 1, attn_features(c).c_str(), attn_shape(c).c_str());
   std::fclose(f);
@@ -48,6 +51,7 @@ void dump_attention(const std::string& dir, int id, const AttnCase& c, const Att
   write_array(base, "dout", pb.dout);
   write_array(base, "dlse", pb.dlse);
   write_array(base, "mask", pb.mask);
+  write_array(base, "alibi", pb.alibi);
   write_array(base, "q_len", as_double(pb.q_len));
   write_array(base, "kv_len", as_double(pb.kv_len));
   write_array(base, "out", truth.out);

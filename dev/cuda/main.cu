@@ -234,9 +234,10 @@ auto g_start = std::chrono::steady_clock::now();
 std::string variant_text(const Variant& v) {
   std::string s = attn::mask_kind_name(v.mask);
   s = "mask=" + s;
-  if (v.causal) s += " causal";
+  if (v.banded) s += " banded";
   if (v.dropout) s += " drop";
   if (v.even) s += " even";
+  if (v.score_terms) s += " terms";
   return s;
 }
 
@@ -248,7 +249,8 @@ bool selected(const std::string& text) {
 
 attn::Problem device_problem(const AttnCase& c, const AttnProblem& pb, const Dev4& q,
                              const Dev4& k, const Dev4& v, const void* mask,
-                             const int32_t* q_len, const int32_t* kv_len, const int64_t* seed) {
+                             const int32_t* q_len, const int32_t* kv_len, const int64_t* seed,
+                             const float* alibi) {
   attn::Problem p;
   p.q = view(q);
   p.k = view(k);
@@ -272,6 +274,11 @@ attn::Problem device_problem(const AttnCase& c, const AttnProblem& pb, const Dev
   p.scale = static_cast<float>(pb.scale);
   p.causal = c.causal;
   p.dtype = c.dtype;
+  p.window_left = c.window_left;
+  p.window_right = c.window_right;
+  p.softcap = static_cast<float>(c.softcap);
+  p.alibi_slopes = alibi;
+  p.alibi_stride_b = pb.alibi_sb;
   return p;
 }
 
@@ -288,6 +295,10 @@ Variant case_variant(const AttnCase& c) {
   p.D = c.D;
   p.mask_kind = c.mask;
   p.causal = c.causal;
+  p.window_left = c.window_left;
+  p.window_right = c.window_right;
+  p.softcap = static_cast<float>(c.softcap);
+  if (c.alibi) p.alibi_slopes = reinterpret_cast<const float*>(&dummy);
   p.dropout_p = c.dropout_p;
   p.dtype = c.dtype;
   if (c.lengths == Lengths::kQ || c.lengths == Lengths::kBoth) p.q_lengths = &dummy;
@@ -410,11 +421,17 @@ void run_attention_case(const AttnCase& c) {
       const int64_t s = static_cast<int64_t>(pb.seed);
       seed = upload_bytes(&s, 8);
     }
+    DevBuf alibi;
+    if (c.alibi) {
+      const std::vector<float> slopes(pb.alibi.begin(), pb.alibi.end());
+      alibi = upload_bytes(slopes.data(), slopes.size() * 4);
+    }
 
     attn::FwdParams fp;
     fp.pb = device_problem(c, pb, q, k, v, mask.get(), static_cast<const int32_t*>(qlen.get()),
                            static_cast<const int32_t*>(kvlen.get()),
-                           static_cast<const int64_t*>(seed.get()));
+                           static_cast<const int64_t*>(seed.get()),
+                           static_cast<const float*>(alibi.get()));
     fp.out = out_view(out);
     fp.lse = static_cast<float*>(lse.get());
     CK(attn::attention_fwd(fp, 0));

@@ -68,18 +68,33 @@ size_t idx4(int H, int L, int D, int b, int h, int i, int d) {
   return ((static_cast<size_t>(b) * H + h) * L + i) * D + d;
 }
 
+// Whether query i may attend key j by the lengths, causal and the window
+// (off = kv_len - q_len).
+bool in_band(const AttnProblem& pb, int ql, int kl, int i, int j) {
+  const int off = kl - ql;
+  if (i >= ql || j >= kl || (pb.causal && j > i + off)) return false;
+  if (pb.window_left >= 0 && j < i + off - pb.window_left) return false;
+  if (pb.window_right >= 0 && j > i + off + pb.window_right) return false;
+  return true;
+}
+
 // The scaled, masked scores of (b, h) in precision `a`: s[i * Lk + j], -inf
-// where query i may not attend key j (lengths, causal, bool mask).
-// Truth: q.k * scale + bias. Baseline: round(round(round(q.k) * scale) +
-// round(bias)). Kernel: float32 (q.k * scale + bias).
-std::vector<double> scores(const AttnProblem& pb, const Arith& a, int b, int h) {
+// where query i may not attend key j (lengths, causal, window, bool mask).
+// Truth: cap(q.k * scale) + bias - alibi. Baseline: each op rounded (the
+// rounding points of reference.h). Kernel: float32. With a softcap, t[i *
+// Lk + j] (if t is given) receives tanh(s / cap) (for the backward's
+// 1 - t^2).
+std::vector<double> scores(const AttnProblem& pb, const Arith& a, int b, int h,
+                           std::vector<double>* t = nullptr) {
   const int hk = h / (pb.Hq / pb.Hkv);
   const int ql = pb.q_len[b], kl = pb.kv_len[b], off = kl - ql;
   std::vector<double> s(static_cast<size_t>(pb.Lq) * pb.Lk, -kInf);
+  if (t != nullptr) t->assign(s.size(), 0.0);
+  const double slope = pb.alibi.empty() ? 0.0 : pb.alibi[b * pb.alibi_sb + h];
   for (int i = 0; i < pb.Lq; ++i) {
     const double* qi = &pb.q[idx4(pb.Hq, pb.Lq, pb.D, b, h, i, 0)];
     for (int j = 0; j < pb.Lk; ++j) {
-      if (i >= ql || j >= kl || (pb.causal && j > i + off)) continue;
+      if (!in_band(pb, ql, kl, i, j)) continue;
       double m = 0.0;
       if (pb.mask_kind != MaskKind::kNone) {
         m = pb.mask[b * pb.ms_b + h * pb.ms_h + i * pb.ms_q + j * pb.ms_k];
@@ -89,9 +104,15 @@ std::vector<double> scores(const AttnProblem& pb, const Arith& a, int b, int h) 
       double dot = 0.0;
       for (int d = 0; d < pb.D; ++d) dot = a.acc(dot + qi[d] * kj[d]);
       double x = a.op(a.op(dot) * pb.scale);
+      if (pb.softcap > 0.0) {
+        const double th = a.op(std::tanh(a.op(x / pb.softcap)));
+        if (t != nullptr) (*t)[static_cast<size_t>(i) * pb.Lk + j] = th;
+        x = a.op(th * pb.softcap);
+      }
       if (pb.mask_kind != MaskKind::kNone && pb.mask_kind != MaskKind::kBool) {
         x = a.op(x + a.op(m));
       }
+      if (!pb.alibi.empty()) x = a.op(x - a.op(slope * std::abs(i + off - j)));
       s[static_cast<size_t>(i) * pb.Lk + j] = x;
     }
   }
@@ -189,7 +210,8 @@ AttnBwd attention_bwd_ref(const AttnProblem& pb, const std::vector<double>& out,
     std::vector<double> p(static_cast<size_t>(pb.Lq) * pb.Lk), pd(p.size());
     for (int h = hk * group; h < (hk + 1) * group; ++h) {
       const size_t bh = static_cast<size_t>(b) * pb.Hq + h;
-      const std::vector<double> s = scores(pb, a, b, h);
+      std::vector<double> th;  // tanh(s / cap) with a softcap
+      const std::vector<double> s = scores(pb, a, b, h, &th);
       double* ds = &r.ds[bh * pb.Lq * pb.Lk];
       for (int i = 0; i < pb.Lq; ++i) {
         const double l = lse[bh * pb.Lq + i];
@@ -216,7 +238,10 @@ AttnBwd attention_bwd_ref(const AttnProblem& pb, const std::vector<double>& out,
           }
           const double dsij = a.op(pij * a.op(dp - delta));
           ds[ij] = prec == Prec::kTruth ? dsij : static_cast<float>(dsij);
-          p[ij] = a.mma(dsij);
+          // through the softcap: d(cap tanh(s / cap)) / ds = 1 - tanh^2
+          const double dscore =
+              pb.softcap > 0.0 ? a.op(dsij * a.op(1.0 - a.op(th[ij] * th[ij]))) : dsij;
+          p[ij] = a.mma(dscore);
           pd[ij] = a.mma(pdrop);
         }
       }

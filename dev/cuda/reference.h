@@ -7,13 +7,16 @@
 //              every tensor op accumulates in float32 and rounds its result
 //              to the dtype, as PyTorch's CPU ops do for float16/bfloat16
 //              (and computes in float32 for float32). The rounding points:
-//                attention fwd  s = q k^T, s * scale, s + bias (the bias
-//                               itself rounded to the dtype), softmax p,
+//                attention fwd  s = q k^T, s * scale, (softcap: s / cap,
+//                               tanh, * cap), s + bias (the bias itself
+//                               rounded to the dtype), ALiBi's term and
+//                               s - term, softmax p,
 //                               p / (1 - p_drop), out = p v; lse rounded;
 //                attention bwd  s - lse, p = exp(.), dp = dout v^T,
 //                               keep / (1 - p_drop), p * f, dp * f,
 //                               dout * out, delta = rowsum(.) (- dlse),
-//                               dp - delta, ds = p (.), ds k, scale * (.),
+//                               dp - delta, ds = p (.), (softcap: t * t,
+//                               1 - ., ds * .), ds k, scale * (.),
 //                               ds^T q, p^T dout, the GQA sum over heads;
 //                norm fwd       float32 math, h and y rounded;
 //                norm bwd       float32 math, dh rounded (+ dh_out rounded),
@@ -57,6 +60,15 @@ struct AttnProblem {
   double scale = 1.0;
   double dropout_p = 0.0;
   uint64_t seed = 0;
+  // Variants (API.md): query i may attend key j only if
+  // i + off - window_left <= j <= i + off + window_right (-1 = unbounded,
+  // off = kv_len - q_len); softcap > 0: s = softcap * tanh(s / softcap)
+  // before the bias and ALiBi; ALiBi adds -alibi[b * alibi_sb + h] *
+  // |i + off - j| (alibi empty: none; alibi_sb = 0 for (1, Hq) slopes).
+  int window_left = -1, window_right = -1;
+  double softcap = 0.0;
+  std::vector<double> alibi;
+  int alibi_sb = 0;
 };
 
 struct AttnFwd {

@@ -79,15 +79,28 @@ LENGTH_DTYPES = (torch.int32, torch.int64)
 # ---------------------------------------------------------------- dispatch
 
 
-def pick_backend(requested: str, q: Tensor, variants: Optional[Variants] = None) -> str:
+def cuda_variant_limits(variants: Variants, has_mask: bool) -> str:
+    """Why the cuda kernels cannot serve these variants ("" if they can):
+    they run window_size, alibi_slopes and softcap, the last two only
+    without attn_mask, and no rel_bias (csrc/cuda/attention_variants.h)."""
+    if variants.rel_bias is not None:
+        return "the cuda kernels do not implement rel_bias"
+    if has_mask and (variants.alibi_slopes is not None or variants.softcap > 0):
+        names = " and ".join(n for n in variants.names() if n in ("alibi_slopes", "softcap"))
+        return f"the cuda kernels do not implement {names} together with attn_mask"
+    return ""
+
+
+def pick_backend(requested: str, q: Tensor, variants: Optional[Variants] = None,
+                 has_mask: bool = False) -> str:
     """The backend that serves this call: `auto` takes the first backend in
     the device's preference order that can; a named backend (argument or
     FASTATTN_BACKEND) that cannot raises ValueError saying why."""
     limits = None
     if variants is not None and variants.any:
-        names = ", ".join(variants.names())
-        limits = lambda b: (f"the cuda kernels do not implement {names}"  # noqa: E731
-                            if b == "cuda" else "")
+        reason = cuda_variant_limits(variants, has_mask)
+        if reason:
+            limits = lambda b: reason if b == "cuda" else ""  # noqa: E731
     return _backends.resolve(requested, "attention", q.device, q.dtype, limits)
 
 
@@ -519,7 +532,7 @@ def _frontend(q, k, v, causal, attn_mask, q_lengths, kv_lengths, dropout_p, scal
     scale = _checks.check_scale(scale, D)
     deterministic = deterministic_mode(deterministic)
     variants = check_variants(q, B, window_size, alibi_slopes, softcap, rel_bias)
-    chosen = pick_backend(backend, q, variants)
+    chosen = pick_backend(backend, q, variants, mask4 is not None)
     _log.debug_backend("attention", chosen)
     return _attention(q, k, v, causal, mask4, q_lengths, kv_lengths, dropout_p, scale,
                       return_lse, chosen, deterministic, variants)
