@@ -68,6 +68,8 @@ import torch  # noqa: E402
 
 import fastattn  # noqa: E402
 from fastattn import _rng, reference  # noqa: E402
+from fastattn.ops import _eager  # noqa: E402
+from fastattn.ops.variants import Variants  # noqa: E402
 from fastattn.testing import check_close  # noqa: E402
 
 SEED = 20261121  # the pinned dropout seed
@@ -77,13 +79,17 @@ SEED = 20261121  # the pinned dropout seed
 def pinned_seed(value: int):
     """fastattn draws a dropout seed from torch's generator of the data's
     device (fastattn._rng.draw_seed); pin it, so that the kernels on the
-    device and the reference on CPU apply the same dropout mask."""
-    real = _rng.draw_seed
+    device and the reference on CPU apply the same dropout mask. The
+    compiled fast path (csrc/fast_path.cpp) draws its seed in C++: it is
+    turned off meanwhile, so the calls take the Python path to the same
+    kernels."""
+    real_draw, real_fast = _rng.draw_seed, _eager.fast
     _rng.draw_seed = lambda device: torch.tensor([value], dtype=torch.int64, device=device)
+    _eager.fast = _eager._NoFastPath()
     try:
         yield
     finally:
-        _rng.draw_seed = real
+        _rng.draw_seed, _eager.fast = real_draw, real_fast
 
 
 @contextlib.contextmanager
@@ -138,13 +144,23 @@ class Attn:
     dropout_p: float = 0.0
     split_kv: bool = False  # triton: force the split-KV decoding kernels
     native_only: bool = False  # the other head-dim buckets of the cuda kernels
+    window: tuple = (-1, -1)  # window_size
+    alibi: bool = False  # alibi_slopes (Hq,): 2^(-(h + 1))
+    softcap: float = 0.0
+
+    def variants(self, device) -> Variants:
+        slopes = (torch.tensor([2.0 ** -(h + 1) for h in range(self.Hq)], dtype=torch.float32,
+                               device=device) if self.alibi else None)
+        return Variants(self.window, slopes, self.softcap)
 
     def __str__(self):
         s = (f"attention {str(self.dtype)[6:]} B{self.B} H{self.Hq}x{self.Hkv} "
              f"q{self.Lq} k{self.Lk} d{self.D}")
         for flag, on in (("causal", self.causal), (f"mask={self.mask}", self.mask),
                          ("qlen", self.q_lengths), ("kvlen", self.kv_lengths),
-                         (f"p={self.dropout_p}", self.dropout_p), ("split-kv", self.split_kv)):
+                         (f"p={self.dropout_p}", self.dropout_p), ("split-kv", self.split_kv),
+                         (f"window={self.window}", self.window != (-1, -1)),
+                         ("alibi", self.alibi), (f"softcap={self.softcap}", self.softcap)):
             if on:
                 s += " " + flag
         return s
@@ -164,6 +180,13 @@ ATTENTION = [
          kv_lengths=(150, 64), native_only=True),
     Attn(torch.float32, 2, 2, 2, 77, 150, 16, mask="bool", q_lengths=(77, 30), dropout_p=0.1,
          native_only=True),
+    # Variants: a window whose band skips whole tiles at both ends of Lk = 300,
+    # with ALiBi and softcap (the cuda kernels' score-term variants), lengths.
+    Attn(torch.float16, 2, 4, 2, 130, 300, 64, q_lengths=(130, 41), kv_lengths=(300, 220),
+         window=(50, 20), alibi=True, softcap=3.0, dropout_p=0.1),
+    Attn(torch.float32, 2, 4, 2, 130, 300, 64, causal=True, q_lengths=(130, 41),
+         kv_lengths=(300, 220), window=(70, -1), alibi=True, softcap=3.0),
+    Attn(torch.float16, 2, 2, 2, 128, 256, 128, causal=True, mask="bool", window=(40, 0)),
 ]
 
 
@@ -203,16 +226,20 @@ def check_attention(c: Attn, backend: str, device: str) -> list:
     t = attention_inputs(c)
 
     def kernel(a):
+        var = c.variants(a["q"].device)
         return fastattn.attention(a["q"], a["k"], a["v"], causal=c.causal,
                                   attn_mask=a["mask"], q_lengths=a["q_lengths"],
                                   kv_lengths=a["kv_lengths"], dropout_p=c.dropout_p,
-                                  return_lse=True, backend=backend, deterministic=True)
+                                  return_lse=True, backend=backend, deterministic=True,
+                                  window_size=var.window, alibi_slopes=var.alibi_slopes,
+                                  softcap=var.softcap)
 
     def plain(compute_dtype):
         def fn(a):
             return reference._attention(a["q"], a["k"], a["v"], c.causal, a["mask"],
                                         a["q_lengths"], a["kv_lengths"], c.dropout_p, None,
-                                        torch.tensor([SEED]), compute_dtype=compute_dtype)
+                                        torch.tensor([SEED]), compute_dtype=compute_dtype,
+                                        variants=c.variants("cpu"))
         return fn
 
     with env("FASTATTN_SPLIT_KV", "1" if c.split_kv else None):
@@ -228,7 +255,8 @@ def check_attention(c: Attn, backend: str, device: str) -> list:
     f_grads = reference._attention_bwd(
         low["dout"], t["dlse"].float() * live, low["q"], low["k"], low["v"], b_out.detach(),
         b_lse.detach(), low["mask"], t["q_lengths"], t["kv_lengths"], c.causal, c.D ** -0.5,
-        c.dropout_p, torch.tensor([SEED]), c.mask == "bias", compute_dtype=c.dtype)
+        c.dropout_p, torch.tensor([SEED]), c.mask == "bias", compute_dtype=c.dtype,
+        variants=c.variants("cpu"))
 
     problems = []
     empty = torch.isinf(t_lse)

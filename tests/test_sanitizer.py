@@ -8,6 +8,8 @@ result fails the test. Skipped without a CUDA device, without both CUDA
 backends, or without compute-sanitizer (looked up on PATH, in
 $CUDA_HOME/bin and /usr/local/cuda/bin). Each run takes about a minute or
 two on a fresh Triton cache (its kernels compile under the sanitizer).
+The script itself is also run on CPU (the cpu backend, no sanitizer), so
+that its cases and its checks are exercised where no GPU is.
 """
 
 from __future__ import annotations
@@ -59,12 +61,16 @@ def _unavailable() -> str:
     return "; ".join(reasons)
 
 
-def _expected_calls() -> int:
+def _load_script():
     spec = importlib.util.spec_from_file_location("sanitize_kernels", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # its dataclasses look their module up there
     spec.loader.exec_module(module)
-    return len(list(module.calls("cuda", ["native", "triton"])))
+    return module
+
+
+def _expected_calls() -> int:
+    return len(list(_load_script().calls("cuda", ["native", "triton"])))
 
 
 def _tail(text: str, lines: int = 80) -> str:
@@ -114,3 +120,19 @@ def test_compute_sanitizer(tool):
     n = _expected_calls()
     assert re.search(rf"^{n} of {n} calls agree", out, re.MULTILINE), (
         f"the script did not report all {n} calls:\n{_tail(out)}")
+
+
+def test_the_script_on_cpu():
+    # The same calls with the cpu backend against the same references: the
+    # script's own logic (inputs, pinned dropout seeds, variants, judging)
+    # must agree with fastattn.reference before a GPU ever runs it.
+    if _backends.unavailable_reason("cpu", "attention", torch.device("cpu")):
+        pytest.skip("no compiled cpu kernels")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(ROOT)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--device", "cpu", "--backends", "native"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"exit status {proc.returncode}:\n{_tail(out)}"
+    n = sum(1 for _ in _load_script().calls("cpu", ["native"]))
+    assert re.search(rf"^{n} of {n} calls agree", out, re.MULTILINE), _tail(out)
