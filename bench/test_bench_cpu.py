@@ -274,6 +274,16 @@ def test_variants_cpu_peak_memory_counts_tensors():
     assert peak is None or peak == pytest.approx(3.0, abs=0.01)
 
 
+def test_variants_part_times_cuda_on_what_it_serves():
+    # the cuda kernels run window, ALiBi and softcap, not rel_bias: their
+    # rel_bias rows are skipped with the reason, the others timed
+    over = _tiny_variant_groups(with_t5=False)["kernels"][2]
+    why = {s["variant"]: ops_variants._unserved(s, "cuda", CPU) for s in over}
+    assert why.pop("rel_bias") == "the cuda kernels do not implement rel_bias"
+    assert set(why.values()) == {""}
+    assert all(ops_variants._unserved(s, "cpu", CPU) == "" for s in over)
+
+
 @_skip_unless_cpu("attention")
 def test_variants_part_gates_times_and_sets_goals(ctx, monkeypatch):
     pytest.importorskip("transformers")
