@@ -140,6 +140,17 @@ def test_window_alibi_softcap_with_lengths_gqa_and_odd_head_dim(backend, device,
            alibi_slopes=torch.tensor([0.3, 0.2, 0.1, 0.05]))
 
 
+# bfloat16: every backend but Triton's interpreter (its bf16 dot is wrong)
+BF16_BACKENDS = [p for p in ALL_BACKENDS if p.values != ("triton", "cpu")]
+
+
+@pytest.mark.parametrize("backend,device", BF16_BACKENDS)
+def test_window_alibi_softcap_bfloat16(backend, device):
+    _check(backend, device, torch.bfloat16, B=2, Hq=4, Hkv=1, Lq=90, Lk=140, D=64, causal=True,
+           lengths=([90, 60], [140, 77]), window_size=(25, -1), softcap=4.0,
+           alibi_slopes=torch.tensor([0.25, 0.125, 0.0625, 0.03125]))
+
+
 @pytest.mark.parametrize("backend,device", BACKENDS)
 def test_every_variant_with_lengths_gqa_and_odd_head_dim(backend, device):
     _check(backend, device, torch.float32, D=12, causal=True, lengths=([30, 37], [45, 21]),
