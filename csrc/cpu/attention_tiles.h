@@ -295,16 +295,14 @@ FASTATTN_INLINE void gemm_dots(int64_t M, int64_t N, int64_t K, const A* a, int6
 // be subnormal; inputs above 88 saturate (softmax only feeds x <= ~0); NaN
 // stays NaN. Only selects, no branches: gcc vectorizes it for every target
 // (given -fno-trapping-math, setup.py).
-// What exp_fast and expm1_fast (attention_scores.h) share, for xc in
-// [-87, 88]: xc = n ln2 + r with |r| <= ln2 / 2; sets r and two_n = 2^n and
-// returns q = (e^r - 1) / r = 1 + r/2 + r^2/6 + ... + r^6/7!, so that
-// e^xc = 2^n (q r + 1).
-FASTATTN_INLINE float exp_reduce(float xc, float& r, float& two_n) {
+FASTATTN_INLINE float exp_fast(float x) {
+  float xc = x < -87.0f ? -87.0f : x;  // NaN passes both clamps
+  xc = xc > 88.0f ? 88.0f : xc;
   const float shifter = 12582912.0f;  // 1.5 * 2^23
   const float t = xc * 1.44269504088896341f + shifter;
   const float fn = t - shifter;
-  r = (xc - fn * 0.693359375f) + fn * 2.12194440e-4f;  // ln2 in two parts
-  float q = 1.0f / 5040.0f;
+  const float r = (xc - fn * 0.693359375f) + fn * 2.12194440e-4f;  // ln2 in two parts
+  float q = 1.0f / 5040.0f;  // q = (e^r - 1) / r = 1 + r/2 + r^2/6 + ... + r^6/7!
   q = q * r + 1.0f / 720.0f;
   q = q * r + 1.0f / 120.0f;
   q = q * r + 1.0f / 24.0f;
@@ -315,15 +313,8 @@ FASTATTN_INLINE float exp_reduce(float xc, float& r, float& two_n) {
   std::memcpy(&n, &t, sizeof(n));
   n -= 0x4B400000;
   const int32_t bits = (n + 127) * (1 << 23);
+  float two_n;
   std::memcpy(&two_n, &bits, sizeof(two_n));
-  return q;
-}
-
-FASTATTN_INLINE float exp_fast(float x) {
-  float xc = x < -87.0f ? -87.0f : x;  // NaN passes both clamps
-  xc = xc > 88.0f ? 88.0f : xc;
-  float r, two_n;
-  const float q = exp_reduce(xc, r, two_n);
   return x < -87.0f ? 0.0f : (q * r + 1.0f) * two_n;
 }
 
