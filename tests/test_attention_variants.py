@@ -50,9 +50,15 @@ def _table(num_buckets, Hq, device, seed=1):
 
 def _check(backend, device, dtype, B=2, Hq=4, Hkv=2, Lq=37, Lk=45, D=24, causal=False,
            lengths=None, float_mask=False, table_buckets=None, bidirectional=True,
-           max_distance=20, **variants):
+           max_distance=20, zero_grads=(), **variants):
     """One case: fastattn (dtype) and the reference (float64 truth, and the
-    reference in dtype as PyTorch's own error), forward and backward."""
+    reference in dtype as PyTorch's own error), forward and backward.
+    `zero_grads`: gradients that are exactly 0 in the truth (a band of one
+    key: p = 1, so dS = p (dP - delta) = 0); a budget scaled by the truth
+    is 0 there, so they are held to the rounding a correct kernel makes in
+    dP - delta instead: two float32 dot products of length D that agree in
+    exact arithmetic differ by at most 2 D eps32 sum_d |dO_d v_d|, times
+    scale and |k| (dq) or |q| (dk), times the GQA group (dk sums it)."""
     q, k, v = _inputs(B, Hq, Hkv, Lq, Lk, D, dtype, device)
     g = torch.Generator().manual_seed(7)
     mask = (torch.randn(B, 1, Lq, Lk, generator=g, dtype=torch.float64).to(device)
@@ -88,20 +94,35 @@ def _check(backend, device, dtype, B=2, Hq=4, Hkv=2, Lq=37, Lk=45, D=24, causal=
         (["dtable"] if table is not None else [])
     for name, a, t, b in zip(names, got, truth, base):
         assert a is not None, f"{name}: no gradient"
-        assert_close(a, t, b, name)
+        if name in zero_grads:
+            assert t.abs().max().item() == 0, f"{name}: the truth is not 0"
+            other = (k if name == "dq" else q).double()
+            terms = (dout * truth[0]).abs().sum(-1).max().item()  # out = the one key's v
+            bound = (2 * D * torch.finfo(torch.float32).eps * terms * D ** -0.5
+                     * other.abs().max().item() * (Hq // Hkv))
+            err = a.double().abs().max().item()
+            assert err <= bound, f"{name}: max {err:.3g}, over the rounding bound {bound:.3g}"
+        else:
+            assert_close(a, t, b, name)
 
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-# (0, 1) is the narrowest band with a gradient to judge: under (0, 0) each
-# query sees one key, p = 1, and dq = dk = 0 exactly in the truth, while a
-# kernel's dS = p (dP - delta) keeps the rounding of two equal dot products
-# (about an ulp of |dO . v|), which no error budget scaled by a zero truth
-# admits on every machine.
+# (0, 1): the narrowest band with a gradient the protocol can judge; (0, 0)
+# is test_window_of_one_key.
 @pytest.mark.parametrize("causal,window", [(True, (7, -1)), (False, (5, 9)), (False, (0, 1)),
                                            (True, (40, 3))])
 def test_window(backend, device, dtype, causal, window):
     _check(backend, device, dtype, causal=causal, window_size=window)
+
+
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("causal", [False, True])
+def test_window_of_one_key(backend, device, dtype, causal):
+    # window (0, 0): each query sees exactly its diagonal key (out = that v,
+    # dv = the dout rows that see it, judged as usual; dq, dk are 0)
+    _check(backend, device, dtype, causal=causal, window_size=(0, 0), zero_grads=("dq", "dk"))
 
 
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
