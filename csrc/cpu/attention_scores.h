@@ -88,8 +88,9 @@ struct KeyRange {
 // float32 ulp, 3.6e-7 relative, as evaluated here by Horner's rule). tanh
 // is odd and so is x P / Q, so no sign handling is needed; |x| is clamped
 // to 9, where tanh x = 1 - 3e-8 rounds to within an ulp of 1 (infinities
-// give +-1, NaN stays NaN: both clamps pass it). 9 multiply-adds and one division: about half the work of a tanh
-// built from exp (the softcap's cost over plain attention is this function).
+// give +-1, NaN stays NaN: both clamps pass it). 9 multiply-adds and one
+// division: about half the time of the tanh from expm1 it replaced (the
+// softcap's cost over plain attention is mostly this function).
 FASTATTN_INLINE float tanh_fast(float x) {
   const float clamp = 9.0f;
   float xc = x > clamp ? clamp : x;
