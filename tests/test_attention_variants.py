@@ -138,9 +138,11 @@ def test_alibi(backend, device, dtype, per_batch):
 @pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("causal", [False, True])
-def test_softcap(backend, device, dtype, causal):
-    # a small cap, so that most scores sit where tanh bends
-    _check(backend, device, dtype, causal=causal, softcap=1.5)
+@pytest.mark.parametrize("cap", [1.5, 0.1])
+def test_softcap(backend, device, dtype, causal, cap):
+    # 1.5: most scores sit where tanh bends; 0.1: most of them past 9 caps,
+    # where tanh saturates (the cpu kernel's clamp)
+    _check(backend, device, dtype, causal=causal, softcap=cap)
 
 
 @pytest.mark.parametrize("backend,device", BACKENDS)
