@@ -6,8 +6,9 @@ Each case is judged by the accuracy protocol of docs/TESTING.md
 (helpers.assert_close) against fastattn.reference on float64 copies of the
 same inputs: out, and the gradients of q, k, v, a float mask and the
 relative-bias table (through autograd, as a user computes them). The cuda
-backend runs window_size, alibi_slopes and softcap (the last two without
-attn_mask) and no rel_bias: its cases are those (they run where a GPU is).
+backend runs window_size, alibi_slopes, softcap and rel_bias (the last three
+without attn_mask) on padded batches: its cases are those (they run where a
+GPU is).
 Also: bad variant arguments raise naming the argument before any kernel
 runs, a backend that cannot serve a variant raises when named, and the
 table's gradient is bitwise reproducible.
@@ -22,11 +23,11 @@ import fastattn
 from fastattn import reference
 from helpers import HAS_CUDA, assert_close, backend_params
 
-# Every backend, for the variants the cuda kernels run too (window, ALiBi,
-# softcap without a mask).
+# Every backend, for the variants the cuda kernels run too (window; ALiBi,
+# softcap and the relative bias without a mask).
 ALL_BACKENDS = backend_params("attention")
-# The backends with rel_bias, softcap or ALiBi with a mask, and attention_varlen
-# (a named cuda backend raises for those: tested below).
+# The backends with softcap, ALiBi or the relative bias with a mask, and
+# attention_varlen (a named cuda backend raises for those: tested below).
 BACKENDS = [p for p in ALL_BACKENDS if p.values[0] != "cuda"]
 DTYPES = [torch.float32, torch.float16]
 
@@ -151,7 +152,7 @@ def test_softcap_with_float_mask(backend, device, dtype):
     _check(backend, device, dtype, float_mask=True, softcap=2.5)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("bidirectional,causal", [(True, False), (False, True)])
 def test_relative_bias_and_table_gradient(backend, device, dtype, bidirectional, causal):
@@ -179,14 +180,14 @@ def test_window_alibi_softcap_bfloat16(backend, device):
            alibi_slopes=torch.tensor([0.25, 0.125, 0.0625, 0.03125]))
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_every_variant_with_lengths_gqa_and_odd_head_dim(backend, device):
     _check(backend, device, torch.float32, D=12, causal=True, lengths=([30, 37], [45, 21]),
            window_size=(9, 2), softcap=4.0, alibi_slopes=torch.tensor([0.3, 0.2, 0.1, 0.05]),
            table_buckets=12, bidirectional=False)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_decoding_shape(backend, device):
     # one query row over a long cache: the split-KV path of the Triton kernels
     _check(backend, device, torch.float32, B=2, Hq=4, Hkv=1, Lq=1, Lk=300, D=32, causal=True,
@@ -235,7 +236,7 @@ def test_reference_backend_serves_variants():
            table_buckets=8)
 
 
-@pytest.mark.parametrize("backend,device", BACKENDS)
+@pytest.mark.parametrize("backend,device", ALL_BACKENDS)
 def test_table_gradient_is_reproducible(backend, device):
     q, k, v = _inputs(2, 4, 4, 50, 50, 16, torch.float32, device)
     grads = []
@@ -295,13 +296,14 @@ def test_what_the_cuda_kernels_serve():
     for has_mask in (False, True):
         assert cuda_variant_limits(_variants(q, window=(4, 0)), has_mask) == ""
     assert cuda_variant_limits(_variants(q, alibi=True, softcap=2.0, window=(3, 3)), False) == ""
-    assert "rel_bias" in cuda_variant_limits(_variants(q, rel=True), False)
+    assert cuda_variant_limits(_variants(q, rel=True, softcap=2.0), False) == ""
     why = cuda_variant_limits(_variants(q, alibi=True, softcap=2.0), True)
     assert "alibi_slopes and softcap together with attn_mask" in why
+    assert "rel_bias together with attn_mask" in cuda_variant_limits(_variants(q, rel=True), True)
 
 
 @pytest.mark.parametrize("variant,has_mask,text", [
-    (dict(rel=True), False, "rel_bias"),
+    (dict(rel=True), True, "rel_bias together with attn_mask"),
     (dict(softcap=2.0), True, "softcap together with attn_mask"),
     (dict(alibi=True), True, "alibi_slopes together with attn_mask"),
 ])
@@ -335,8 +337,11 @@ def test_cuda_native_op_refuses_what_it_does_not_serve():
     table = torch.zeros(8, 2, device="cuda")
     buckets = torch.zeros(65, dtype=torch.int32, device="cuda")
     with pytest.raises(RuntimeError, match="rel_bias"):
-        op(q, k, v, None, None, None, None, False, 0.25, 0.0, rel_table=table,
+        op(q, k, v, mask, None, None, None, False, 0.25, 0.0, rel_table=table,
            rel_buckets=buckets, rel_radius=32)
+    with pytest.raises(RuntimeError, match="rel_per_row"):
+        op(q, k, v, None, None, None, None, False, 0.25, 0.0, rel_table=table,
+           rel_buckets=buckets, rel_radius=32, rel_per_row=True)
     with pytest.raises(RuntimeError, match="alibi_slopes"):  # wrong shape
         op(q, k, v, None, None, None, None, False, 0.25, 0.0,
            alibi_slopes=torch.ones(1, 3, device="cuda"))

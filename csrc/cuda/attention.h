@@ -63,13 +63,29 @@ struct Problem {
   // side of -1 is unbounded; the binding clamps each side to Lq + Lk, past
   // which it bounds nothing); ALiBi adds -slope[b, h] * |i + off - j|;
   // softcap > 0 turns the scaled score s into softcap * tanh(s / softcap)
-  // before ALiBi. ALiBi and softcap have kernels without attn_mask only
-  // (attention_variants.h).
+  // before ALiBi and the relative bias. ALiBi, softcap and the relative
+  // bias have kernels without attn_mask only (attention_variants.h).
   int window_left = -1, window_right = -1;
   const float* alibi_slopes = nullptr;  // (B, Hq) or (1, Hq) float32 contiguous, or nullptr
   int64_t alibi_stride_b = 0;           // Hq for (B, Hq), 0 for (1, Hq)
   float softcap = 0.f;                  // 0 = off
+  // T5's relative bias (a score term too), in log2 units: entry
+  // rel_bias[h * rel_stride + kRelPad + R + r] is the bias of relative
+  // position r = j - i - (Lk - Lq), R = rel_radius >= Lq + Lk. The kRelPad
+  // zeros on either side keep the tiles' rows and keys past Lq / Lk (up to
+  // one tile, at most 64) inside the array, so no pair is bounds-checked.
+  const float* rel_bias = nullptr;      // (Hq, rel_stride) float32, or nullptr
+  int64_t rel_stride = 0;               // 2 (kRelPad + R) + 1
+  int64_t rel_radius = 0;
 };
+
+// Zeros on either side of each head's row of Problem::rel_bias.
+constexpr int64_t kRelPad = 128;
+
+// Query rows per block of the dQ kernels, which sum the score gradient per
+// relative position (BwdParams::drel_rows): 64 on tensor cores, 16 for
+// float32.
+constexpr int64_t drel_block_rows(DType dtype) { return dtype == DType::kFloat32 ? 16 : 64; }
 
 struct FwdParams {
   Problem pb;
@@ -87,6 +103,15 @@ struct BwdParams {
   OutTensor4 dq, dk, dv;        // outputs like q, k, v
   float* dmask = nullptr;       // (B, Hq, Lq, Lk) contiguous, zero-filled by the caller, or
                                 // nullptr: the bias gradient of every pair that may attend
+  // With Problem::rel_bias: the score gradient summed per relative position.
+  // drel_rows: zero-filled workspace (B * Hq * ceil(Lq / BMq), drel_width)
+  // where the dQ block of query rows [m0, m0 + BMq) of (b, h)
+  // adds the gradient of pair (i, j) at u = j - i + m0 + BMq - 1 of its own
+  // row (BMq = drel_block_rows); drel: (Hq, 2 R + 1) float32 output, written
+  // by the launcher's reduction in a fixed order (deterministic), or nullptr.
+  float* drel_rows = nullptr;
+  int64_t drel_width = 0;       // Lk + BMq - 1
+  float* drel = nullptr;
 };
 
 // Whether a 16-bit tensor meets the tensor-core kernels' alignment rules.

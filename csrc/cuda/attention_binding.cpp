@@ -6,7 +6,12 @@
 // attention.h on the current stream of the tensors' device. Inputs keep
 // their strides; only a 16-bit tensor that breaks the tensor-core kernels'
 // 16-byte alignment rule (attention.h) is copied to a contiguous one.
+#include <ATen/ops/clamp.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/index_select.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <cuda_runtime_api.h>
@@ -81,7 +86,7 @@ OutTensor4 out4(at::Tensor& t) {
 
 // Tensors a Problem points into; they must outlive the launches.
 struct Holders {
-  at::Tensor q, k, v, mask, q_lengths, kv_lengths, alibi;
+  at::Tensor q, k, v, mask, q_lengths, kv_lengths, alibi, rel_bias;
 };
 
 // The Problem of checked inputs. Lengths become int32 (values are clamped
@@ -148,23 +153,55 @@ void check_head_dim(int64_t D) {
               "got ", D);
 }
 
+// T5's relative bias as the kernels read it (attention.h,
+// Problem::rel_bias): the table gathered once per relative position, in log2
+// units, padded with kRelPad zeros per side. The buckets are clamped into
+// the table instead of checked, so no value is read on the host and no
+// index can leave the table.
+void set_rel_bias(Problem& pb, const attention_args::Inputs& in, const at::Tensor& table,
+                  const std::optional<at::Tensor>& rel_buckets, int64_t rel_radius,
+                  bool rel_per_row, Holders& hold) {
+  TORCH_CHECK(!rel_per_row,
+              "the cuda attention kernels take the relative bias of padded batches only "
+              "(rel_per_row: backend='triton' does)");
+  TORCH_CHECK(rel_buckets.has_value(), "rel_table and rel_buckets come together");
+  const at::Tensor& bk = *rel_buckets;
+  TORCH_CHECK(table.dim() == 2 && table.size(1) == in.Hq && table.size(0) >= 1 &&
+                  table.is_floating_point(),
+              "rel_table must be floating point (num_buckets, Hq), got ", table.sizes(), " ",
+              table.scalar_type());
+  TORCH_CHECK(table.device() == in.q.device() && bk.device() == in.q.device(),
+              "rel_table and rel_buckets must be on ", in.q.device());
+  TORCH_CHECK(rel_radius >= in.Lq + in.Lk, "rel_radius must be >= Lq + Lk, got ", rel_radius);
+  TORCH_CHECK(bk.scalar_type() == at::kInt && bk.dim() == 1 && bk.size(0) == 2 * rel_radius + 1,
+              "rel_buckets must be int32 (2 rel_radius + 1,), got ", bk.sizes());
+  constexpr double kLog2e = 1.4426950408889634;
+  const at::Tensor index = at::clamp(bk, 0, table.size(0) - 1).to(at::kLong);
+  const at::Tensor by_position = at::index_select(table.to(at::kFloat), 0, index).t().mul(kLog2e);
+  hold.rel_bias = at::constant_pad_nd(by_position, {kRelPad, kRelPad}, 0).contiguous();
+  pb.rel_bias = hold.rel_bias.data_ptr<float>();
+  pb.rel_stride = hold.rel_bias.size(1);
+  pb.rel_radius = rel_radius;
+}
+
 // The attention variants the CUDA kernels run (attention.h): a window,
-// ALiBi and softcap; ALiBi and softcap not together with attn_mask, and no
-// relative bias. fastattn's auto choice sends the others to triton
+// ALiBi, softcap and T5's relative bias; the last three not together with
+// attn_mask. fastattn's auto choice sends the others to triton
 // (fastattn/ops/attention.py, pick_backend); a direct call is refused.
 // Positions must stay below 2^30 (the kernels' unbounded band edge); a
 // window side past Lq + Lk bounds nothing and is clamped to it.
 void set_variants(Problem& pb, const attention_args::Inputs& in, int64_t window_left,
                   int64_t window_right, double softcap,
                   const std::optional<at::Tensor>& alibi_slopes,
-                  const std::optional<at::Tensor>& rel_table, Holders& hold) {
-  TORCH_CHECK(!rel_table.has_value(),
-              "the cuda attention kernels do not implement rel_bias (backend='triton' does)");
+                  const std::optional<at::Tensor>& rel_table,
+                  const std::optional<at::Tensor>& rel_buckets, int64_t rel_radius,
+                  bool rel_per_row, Holders& hold) {
   const attention_args::ScoreArgs args =
       attention_args::score_args(in, window_left, window_right, softcap, alibi_slopes);
-  TORCH_CHECK(!in.mask.defined() || (!args.alibi.defined() && args.softcap == 0),
-              "the cuda attention kernels do not implement alibi_slopes or softcap together "
-              "with attn_mask (backend='triton' does)");
+  TORCH_CHECK(!in.mask.defined() ||
+                  (!args.alibi.defined() && args.softcap == 0 && !rel_table.has_value()),
+              "the cuda attention kernels do not implement alibi_slopes, softcap or rel_bias "
+              "together with attn_mask (backend='triton' does)");
   TORCH_CHECK(in.Lq + in.Lk < (int64_t{1} << 30),
               "the cuda attention kernels need Lq + Lk < 2^30, got ", in.Lq + in.Lk);
   const int64_t widest = in.Lq + in.Lk;
@@ -175,6 +212,9 @@ void set_variants(Problem& pb, const attention_args::Inputs& in, int64_t window_
     hold.alibi = args.alibi;
     pb.alibi_slopes = args.alibi.data_ptr<float>();
     pb.alibi_stride_b = args.alibi_stride_b;
+  }
+  if (rel_table.has_value()) {
+    set_rel_bias(pb, in, *rel_table, rel_buckets, rel_radius, rel_per_row, hold);
   }
 }
 
@@ -199,7 +239,8 @@ std::tuple<at::Tensor, at::Tensor> attention_fwd_cuda(
   Holders hold;
   FwdParams p;
   p.pb = make_problem(in, attn_mask, seed, causal, scale, dropout_p, hold);
-  set_variants(p.pb, in, window_left, window_right, softcap, alibi_slopes, rel_table, hold);
+  set_variants(p.pb, in, window_left, window_right, softcap, alibi_slopes, rel_table,
+               rel_buckets, rel_radius, rel_per_row, hold);
   p.out = out4(out);
   p.lse = lse.data_ptr<float>();
   check_launch(attention_fwd(p, c10::cuda::getCurrentCUDAStream()), "attention_fwd_native");
@@ -234,7 +275,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
   Holders hold;
   BwdParams p;
   p.pb = make_problem(in, attn_mask, seed, causal, scale, dropout_p, hold);
-  set_variants(p.pb, in, window_left, window_right, softcap, alibi_slopes, rel_table, hold);
+  set_variants(p.pb, in, window_left, window_right, softcap, alibi_slopes, rel_table,
+               rel_buckets, rel_radius, rel_per_row, hold);
+  // The relative-bias gradient: the dQ blocks' workspace rows (zeroed) and
+  // their reduction per relative position (attention.h, BwdParams::drel).
+  at::Tensor drel_rows, drel = at::empty({0}, in.q.options());
+  if (rel_grad && p.pb.rel_bias != nullptr) {
+    const int64_t bm = drel_block_rows(p.pb.dtype);
+    const int64_t width = in.Lk + bm - 1;
+    const int64_t tiles_m = (in.Lq + bm - 1) / bm;
+    drel_rows = at::zeros({in.B * in.Hq * tiles_m, width}, in.q.options().dtype(at::kFloat));
+    drel = at::empty({in.Hq, 2 * rel_radius + 1}, in.q.options().dtype(at::kFloat));
+    p.drel_rows = drel_rows.data_ptr<float>();
+    p.drel_width = width;
+    p.drel = drel.data_ptr<float>();
+  }
   p.dout = view4(dout_a);
   p.out = view4(out_a);
   p.lse = ex.lse.data_ptr<float>();
@@ -245,8 +300,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> attention
   p.dv = out4(dv);
   p.dmask = dmask_full.defined() ? dmask_full.data_ptr<float>() : nullptr;
   check_launch(attention_bwd(p, c10::cuda::getCurrentCUDAStream()), "attention_bwd_native");
-  return {dq, dk, dv, attention_args::reduce_mask_grad(dmask_full, attn_mask, q),
-          at::empty({0}, in.q.options())};
+  return {dq, dk, dv, attention_args::reduce_mask_grad(dmask_full, attn_mask, q), drel};
 }
 
 }  // namespace

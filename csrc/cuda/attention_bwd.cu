@@ -1,5 +1,6 @@
-// Backward attention: the delta preprocess kernel (every dtype) and the
-// launchers. attention_bwd (attention.h) is delta, then dK/dV, then dQ; the
+// Backward attention: the delta preprocess kernel (every dtype), the
+// reduction of the relative-bias gradient and the launchers. attention_bwd
+// (attention.h) is delta, then dK/dV, then dQ, then (with p.drel) drel; the
 // tensor-core kernels are in attention_bwd.cuh (compiled per head-dim bucket
 // in attention_bwd_{dkdv,dq}_hdim<D>.cu), the float32 ones in
 // attention_simt.cuh.
@@ -46,6 +47,32 @@ cudaError_t launch_delta(const BwdParams& p, cudaStream_t stream) {
                        kDeltaWarps * 32, 0, stream, p);
 }
 
+constexpr int kDrelThreads = 256;
+
+// drel[h, rr] (relative position r = rr - R) = the sum over batch rows b and
+// query tiles of the dQ blocks' workspace rows (attention.h, drel_rows) at
+// u = r + (Lk - Lq) + m0 + BMq - 1, in a fixed order: one thread per
+// (head, relative position), consecutive threads reading consecutive u.
+__global__ void __launch_bounds__(kDrelThreads) attention_bwd_drel_kernel(const BwdParams p,
+                                                                          int64_t block_rows) {
+  const Problem& pb = p.pb;
+  const int64_t positions = 2 * pb.rel_radius + 1;
+  const int64_t rr = static_cast<int64_t>(blockIdx.x) * kDrelThreads + threadIdx.x;
+  const int64_t h = blockIdx.y;
+  if (rr >= positions) return;
+  const int64_t tiles_m = ceil_div(pb.Lq, block_rows);
+  const int64_t u0 = rr - pb.rel_radius + (pb.Lk - pb.Lq) + block_rows - 1;
+  float sum = 0.f;
+  for (int64_t b = 0; b < pb.B; ++b) {
+    const float* rows = p.drel_rows + (b * pb.Hq + h) * tiles_m * p.drel_width;
+    for (int64_t mt = 0; mt < tiles_m; ++mt) {
+      const int64_t u = u0 + mt * block_rows;
+      if (u >= 0 && u < p.drel_width) sum += rows[mt * p.drel_width + u];
+    }
+  }
+  p.drel[h * positions + rr] = sum;
+}
+
 bool args_ok(const BwdParams& p) {
   return head_dim_ok(p.pb.D) && mask_supported(p.pb.dtype, p.pb.mask_kind);
 }
@@ -85,10 +112,23 @@ cudaError_t attention_bwd_dq(const BwdParams& p, cudaStream_t stream) {
   });
 }
 
+cudaError_t attention_bwd_drel(const BwdParams& p, cudaStream_t stream) {
+  if (p.drel == nullptr || p.pb.Hq == 0) return cudaSuccess;
+  if (p.drel_rows == nullptr || p.pb.rel_bias == nullptr || p.pb.Hq > 65535) {
+    return cudaErrorInvalidValue;
+  }
+  const int64_t positions = 2 * p.pb.rel_radius + 1;
+  const dim3 grid(static_cast<unsigned>(ceil_div(positions, kDrelThreads)),
+                  static_cast<unsigned>(p.pb.Hq));
+  attention_bwd_drel_kernel<<<grid, kDrelThreads, 0, stream>>>(p, drel_block_rows(p.pb.dtype));
+  return cudaGetLastError();
+}
+
 cudaError_t attention_bwd(const BwdParams& p, cudaStream_t stream) {
   cudaError_t err = attention_bwd_delta(p, stream);
   if (err == cudaSuccess) err = attention_bwd_dkdv(p, stream);
   if (err == cudaSuccess) err = attention_bwd_dq(p, stream);
+  if (err == cudaSuccess) err = attention_bwd_drel(p, stream);
   return err;
 }
 

@@ -270,6 +270,8 @@ cudaError_t bwd_dkdv_tc(const BwdParams& p, cudaStream_t stream) {
 constexpr int kQWarps = 4;
 constexpr int kQThreads = 32 * kQWarps;
 constexpr int kQBM = 16 * kQWarps;
+static_assert(kQBM == drel_block_rows(DType::kFloat16) && kQBM == drel_block_rows(DType::kBFloat16),
+              "the binding sizes the relative-bias workspace by drel_block_rows (attention.h)");
 
 // Tiles and occupancy (as FwdConfig). The key tile holds D / 2 + BN
 // accumulator floats per thread (dQ, S and dP), and a masked variant BN / 2
@@ -301,6 +303,8 @@ __global__ void __launch_bounds__(kQThreads, (DqConfig<D, F>::kMinBlocks))
   T* sdO = sQ + BM * SS;
   T* sK = sdO + BM * SS;     // 2 stages of BN x SS
   T* sV = sK + 2 * BN * SS;  // 2 stages of BN x SS
+  // With a relative-bias gradient: the tile's dS (add_tile_diagonals).
+  float* sDS = reinterpret_cast<float*>(sV + 2 * BN * SS);
 
   const Problem& pb = p.pb;
   const int64_t tiles_m = ceil_div(pb.Lq, BM);
@@ -308,7 +312,6 @@ __global__ void __launch_bounds__(kQThreads, (DqConfig<D, F>::kMinBlocks))
   const int64_t bh = blockIdx.x / tiles_m;
   const HeadView hv = head_view<F::kMask>(pb, bh / pb.Hq, bh % pb.Hq);
   const MaskView<F::kMask> mask(hv);
-  const ScoreTerms terms = score_terms<F::kScoreTerms>(pb, hv);
   const int d = static_cast<int>(pb.D);
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = lane >> 2, t = lane & 3;
@@ -375,6 +378,9 @@ __global__ void __launch_bounds__(kQThreads, (DqConfig<D, F>::kMinBlocks))
       for (int e = 0; e < 4; ++e) s[i][e] = dp[i][e] = 0.f;
     }
     mma_abt2<T, D, NB>(s, sQw, sKs, dp, sdOw, sVs, lane);
+    // Formed per tile (from the kernel parameters), not held across the
+    // loop: at D = 256 those registers are what the MMAs need.
+    const ScoreTerms terms = score_terms<F::kScoreTerms>(pb, hv);
     const bool interior = interior_tiles.holds(first_tile + it);
     if (interior) {
       mask_rows_tile<F, false>(s, pb, mask, terms, rows, band, n0, t, scale_log2);
@@ -397,10 +403,19 @@ __global__ void __launch_bounds__(kQThreads, (DqConfig<D, F>::kMinBlocks))
           }
           float ds = pr * (dpv - delta[r]);
           if constexpr (F::kScoreTerms) {
+            if (p.drel_rows != nullptr) {
+              sDS[(warp * 16 + g + 8 * r) * (BN + 1) + nb * 8 + 2 * t + e] = ds;
+            }
             ds *= softcap_grad(terms, s[nb][2 * r + e], rows[r], n0 + nb * 8 + 2 * t + e);
           }
           s[nb][2 * r + e] = ds;
         }
+      }
+    }
+    if constexpr (F::kScoreTerms) {
+      if (p.drel_rows != nullptr) {  // block-uniform
+        __syncthreads();
+        add_tile_diagonals<BM, BN, kQThreads>(sDS, block_drel_row(p), n0, p.drel_width);
       }
     }
 
@@ -448,9 +463,10 @@ cudaError_t bwd_dq_tc(const BwdParams& p, cudaStream_t stream) {
   using T = typename CudaType<DT>::type;
   return with_features<DT>(p.pb, [&](auto features) {
     using C = DqConfig<D, decltype(features)>;
+    const size_t smem =
+        C::kSmemBytes + (p.drel_rows != nullptr ? drel_tile_bytes<C::BM, C::BN>() : 0);
     return launch_kernel(attention_bwd_dq_tc_kernel<T, D, decltype(features)>,
-                         ceil_div(p.pb.Lq, C::BM) * p.pb.B * p.pb.Hq, kQThreads,
-                         C::kSmemBytes, stream, p, dropout_inv_keep(p.pb.dropout_p),
+                         ceil_div(p.pb.Lq, C::BM) * p.pb.B * p.pb.Hq, kQThreads, smem, stream, p, dropout_inv_keep(p.pb.dropout_p),
                          dropout_threshold(p.pb.dropout_p));
   });
 }

@@ -44,7 +44,7 @@ struct Features {
   // checks anywhere (attention_variants.h, even_tiles).
   static constexpr bool kEven = EVEN;
   static constexpr bool kHasMask = MASK != MaskKind::kNone;
-  // ALiBi and/or softcap (ScoreTerms, values at run time).
+  // ALiBi, softcap and/or T5's relative bias (ScoreTerms, values at run time).
   static constexpr bool kScoreTerms = SCORE_TERMS;
 };
 
@@ -215,13 +215,16 @@ __device__ __forceinline__ int query_end(const HeadView& hv, int key_stop) {
 // scores' unit): with x = q.k * scale * log2(e),
 //   softcap:  x <- cap2 * tanh(x / cap2),   cap2 = softcap * log2(e)
 //             (= softcap * tanh(s / softcap) * log2(e) for s = q.k * scale),
-//   ALiBi:    x <- x - slope2 * |i + off - j|,   slope2 = slope * log2(e).
+//   ALiBi:    x <- x - slope2 * |i + off - j|,   slope2 = slope * log2(e),
+//   T5:       x <- x + rel[j - i]   (Problem::rel_bias, already in log2 units).
 // Only the kernels of a SCORE_TERMS variant build one; cap2 = 0 means no
-// softcap, slope2 = 0 no ALiBi (a block-uniform branch each).
+// softcap, slope2 = 0 no ALiBi, rel = nullptr no relative bias (a
+// block-uniform branch each).
 struct ScoreTerms {
   float cap2 = 0.f, inv_cap2 = 0.f;
   float slope2 = 0.f;
   int off = 0;
+  const float* rel = nullptr;  // rel[j - i]: T5's bias of pair (i, j), log2 units
 };
 
 template <bool SCORE_TERMS>
@@ -236,6 +239,9 @@ __device__ __forceinline__ ScoreTerms score_terms(const Problem& pb, const HeadV
       st.slope2 = pb.alibi_slopes[hv.b * pb.alibi_stride_b + hv.h] * kLog2e;
     }
     st.off = hv.off;
+    if (pb.rel_bias != nullptr) {
+      st.rel = pb.rel_bias + hv.h * pb.rel_stride + kRelPad + pb.rel_radius - (pb.Lk - pb.Lq);
+    }
   }
   return st;
 }
@@ -249,16 +255,24 @@ __device__ __forceinline__ float tanh_exp2(float y) {
   return 1.f - __fdividef(2.f, 1.f + e);
 }
 
+// The additive score terms of pair (i, j) after the softcap, log2 units:
+// ALiBi's -slope |i + off - j| and T5's relative bias.
+__device__ __forceinline__ float additive_terms(const ScoreTerms& st, int i, int j) {
+  float a = -st.slope2 * static_cast<float>(abs(i + st.off - j));
+  if (st.rel != nullptr) a += st.rel[j - i];
+  return a;
+}
+
 // The score of pair (i, j) in log2 units from its raw q.k: scaled, then
-// (SCORE_TERMS) softcapped and ALiBi added. The mask and the bounds come
-// after (tile_score).
+// (SCORE_TERMS) softcapped and the additive terms added. The mask and the
+// bounds come after (tile_score).
 template <bool SCORE_TERMS>
 __device__ __forceinline__ float pair_score(const ScoreTerms& st, float qk, float scale_log2,
                                             int i, int j) {
   float x = qk * scale_log2;
   if constexpr (SCORE_TERMS) {
     if (st.cap2 > 0.f) x = st.cap2 * tanh_exp2(x * st.inv_cap2);
-    x -= st.slope2 * static_cast<float>(abs(i + st.off - j));
+    x += additive_terms(st, i, j);
   }
   return x;
 }
@@ -269,7 +283,7 @@ __device__ __forceinline__ float pair_score(const ScoreTerms& st, float qk, floa
 // is 0 anyway). 1 without softcap.
 __device__ __forceinline__ float softcap_grad(const ScoreTerms& st, float x, int i, int j) {
   if (st.cap2 == 0.f) return 1.f;
-  float t = (x + st.slope2 * static_cast<float>(abs(i + st.off - j))) * st.inv_cap2;
+  float t = (x - additive_terms(st, i, j)) * st.inv_cap2;
   t = fminf(fmaxf(t, -1.f), 1.f);
   return 1.f - t * t;
 }

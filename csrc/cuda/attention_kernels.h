@@ -23,6 +23,9 @@ cudaError_t attention_bwd_delta(const BwdParams& p, cudaStream_t stream);
 cudaError_t attention_bwd_dkdv(const BwdParams& p, cudaStream_t stream);
 // dQ and, when p.dmask is set, the bias gradient; reads delta too.
 cudaError_t attention_bwd_dq(const BwdParams& p, cudaStream_t stream);
+// With p.drel: the relative-bias gradient per relative position, from the
+// workspace rows attention_bwd_dq filled (a no-op without p.drel).
+cudaError_t attention_bwd_drel(const BwdParams& p, cudaStream_t stream);
 
 namespace detail {
 

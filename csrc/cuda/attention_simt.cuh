@@ -32,10 +32,13 @@ constexpr int kSimtThreads = 32 * kSimtWarps;
 constexpr int kRowsPerWarp = 4;                       // query rows (fwd, dQ) or keys (dK/dV)
 constexpr int kSimtRows = kSimtWarps * kRowsPerWarp;  // rows per block
 constexpr int kSimtTile = 32;                         // the lane-indexed tile
-// Blocks per SM the kernels are compiled for (caps registers at 128): an
-// explicit bound, since ptxas left to pick the occupancy itself spills a
-// few registers in some variants to reach the next occupancy step.
-constexpr int kSimtMinBlocks = 4;
+// Blocks per SM the kernels are compiled for (4 caps registers at 128, 3 at
+// 168): an explicit bound, since ptxas left to pick the occupancy itself
+// spills a few registers in some variants to reach the next occupancy
+// step. D = 256 takes 3: its dK/dV accumulators next to the score terms'
+// state do not fit 128 registers without spilling.
+template <int D>
+constexpr int simt_min_blocks() { return D >= 256 ? 3 : 4; }
 
 // Copies rows [row0, row0 + ROWS) of a (L, D) float slice into shared
 // memory with row stride STRIDE; rows >= rows_valid, columns >= d are 0.
@@ -62,7 +65,7 @@ __device__ __forceinline__ float dot_rows(const float* a, const float* b) {
 // p: problem, out, lse. inv_keep / threshold: dropout constants.
 // D: head-dim bucket (multiple of 32, >= p.pb.D). F: the variant's features.
 template <int D, class F>
-__global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
+__global__ void __launch_bounds__(kSimtThreads, simt_min_blocks<D>())
     attention_fwd_simt_kernel(const FwdParams p, float inv_keep, uint32_t threshold) {
   constexpr int DPL = D / 32;  // accumulator columns per lane
   constexpr int KS = D + 1;
@@ -162,7 +165,7 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
 // heads of its group and all their query rows. Warp w owns keys
 // w * kRowsPerWarp + r; lane l is query i0 + l of the current query tile.
 template <int D, class F>
-__global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
+__global__ void __launch_bounds__(kSimtThreads, simt_min_blocks<D>())
     attention_bwd_dkdv_simt_kernel(const BwdParams p, float inv_keep, uint32_t threshold) {
   constexpr int DPL = D / 32;
   constexpr int QS = D + 1;
@@ -282,7 +285,7 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
 // dQ (and the bias gradient dS) of kSimtRows query rows of one (batch row,
 // query head); warp w owns rows w * kRowsPerWarp + r, lane l is key n0 + l.
 template <int D, class F>
-__global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
+__global__ void __launch_bounds__(kSimtThreads, simt_min_blocks<D>())
     attention_bwd_dq_simt_kernel(const BwdParams p, float inv_keep, uint32_t threshold) {
   constexpr int DPL = D / 32;
   constexpr int KS = D + 1;
@@ -291,6 +294,7 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
   float* sdO = sQ + kSimtRows * D;  // kSimtRows x D
   float* sK = sdO + kSimtRows * D;  // kSimtTile x KS
   float* sV = sK + kSimtTile * KS;  // kSimtTile x KS
+  float* sDS = sV + kSimtTile * KS;  // kSimtRows x (kSimtTile + 1), relative-bias gradient
 
   const Problem& pb = p.pb;
   const int64_t tiles_m = ceil_div(pb.Lq, kSimtRows);
@@ -351,7 +355,10 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
       float dp = dot_rows<D>(sdO + row * D, sV + lane * KS);
       if constexpr (F::kDropout) dp *= dropout_factor(drop, keys[r], j);
       float ds = pr * (dp - delta[r]);
-      if constexpr (F::kScoreTerms) ds *= softcap_grad(terms, x, i, j);
+      if constexpr (F::kScoreTerms) {
+        if (p.drel_rows != nullptr) sDS[row * (kSimtTile + 1) + lane] = ds;
+        ds *= softcap_grad(terms, x, i, j);
+      }
       if (p.dmask != nullptr && (interior || (i < pb.Lq && j < pb.Lk))) {
         p.dmask[(row_base + i) * pb.Lk + j] = ds;
       }
@@ -359,6 +366,12 @@ __global__ void __launch_bounds__(kSimtThreads, kSimtMinBlocks)
         const float dsj = __shfl_sync(0xffffffffu, ds, jj);
 #pragma unroll
         for (int c = 0; c < DPL; ++c) dq[r][c] = fmaf(dsj, sK[jj * KS + lane + 32 * c], dq[r][c]);
+      }
+    }
+    if constexpr (F::kScoreTerms) {
+      if (p.drel_rows != nullptr) {  // block-uniform; the loop's first sync orders the next tile
+        __syncthreads();
+        add_tile_diagonals<kSimtRows, kSimtTile, kSimtThreads>(sDS, block_drel_row(p), n0, p.drel_width);
       }
     }
   }
@@ -390,6 +403,8 @@ template <int D>
 constexpr size_t simt_dq_smem() {
   return sizeof(float) * (2 * kSimtRows * D + 2 * kSimtTile * (D + 1));
 }
+static_assert(kSimtRows == drel_block_rows(DType::kFloat32),
+              "the binding sizes the relative-bias workspace by drel_block_rows (attention.h)");
 
 template <int D>
 cudaError_t fwd_simt(const FwdParams& p, cudaStream_t stream) {
@@ -414,9 +429,12 @@ cudaError_t bwd_dkdv_simt(const BwdParams& p, cudaStream_t stream) {
 template <int D>
 cudaError_t bwd_dq_simt(const BwdParams& p, cudaStream_t stream) {
   return with_features<DType::kFloat32>(p.pb, [&](auto features) {
+    const size_t smem = simt_dq_smem<D>() + (p.drel_rows != nullptr
+                                                 ? drel_tile_bytes<kSimtRows, kSimtTile>()
+                                                 : 0);
     return launch_kernel(attention_bwd_dq_simt_kernel<D, decltype(features)>,
-                         ceil_div(p.pb.Lq, kSimtRows) * p.pb.B * p.pb.Hq, kSimtThreads,
-                         simt_dq_smem<D>(), stream, p, dropout_inv_keep(p.pb.dropout_p),
+                         ceil_div(p.pb.Lq, kSimtRows) * p.pb.B * p.pb.Hq, kSimtThreads, smem,
+                         stream, p, dropout_inv_keep(p.pb.dropout_p),
                          dropout_threshold(p.pb.dropout_p));
   });
 }

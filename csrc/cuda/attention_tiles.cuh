@@ -288,6 +288,44 @@ __device__ __forceinline__ void mask_keys_tile(float (&c)[MB][4], const Problem&
   }
 }
 
+// ------------------------------------------- relative-bias gradient
+
+// T5's bias gradient (BwdParams::drel_rows): the dQ kernels write the dS of
+// a tile of BM query rows and BN keys (before the softcap factor: the bias
+// enters after the cap) into a shared (BM, BN + 1) float tile, and this
+// adds its diagonal sums to the block's own workspace row: diagonal
+// dd = jj - ii + BM - 1 of the tile of keys from n0 goes to row[n0 + dd]
+// (u = j - i + m0 + BM - 1). One thread per diagonal sums it in a fixed
+// order and successive tiles are ordered by the caller's __syncthreads, so
+// the result is deterministic. Diagonals at or past `width` (= Lk + BM - 1)
+// hold only keys past Lk, whose dS is 0, and are skipped. The caller syncs
+// after writing the tile and before rewriting it.
+template <int BM, int BN, int THREADS>
+__device__ __forceinline__ void add_tile_diagonals(const float* tile, float* row, int n0,
+                                                   int64_t width) {
+  for (int dd = threadIdx.x; dd < BM + BN - 1; dd += THREADS) {
+    const int u = n0 + dd;
+    if (u >= width) continue;
+    const int ii_begin = max(0, BM - 1 - dd);       // jj = ii + dd - (BM - 1) >= 0
+    const int ii_end = min(BM, BN + BM - 1 - dd);   // jj < BN
+    float sum = 0.f;
+#pragma unroll 8
+    for (int ii = ii_begin; ii < ii_end; ++ii) sum += tile[ii * (BN + 1) + ii + dd - (BM - 1)];
+    row[u] += sum;
+  }
+}
+
+// The calling dQ block's workspace row (block index = (b * Hq + h) *
+// query tiles + query tile), formed where it is used: kept across the key
+// loop, the pointer spills the D = 256 kernels.
+__device__ __forceinline__ float* block_drel_row(const BwdParams& p) {
+  return p.drel_rows + static_cast<int64_t>(blockIdx.x) * p.drel_width;
+}
+
+// Bytes of that shared tile.
+template <int BM, int BN>
+constexpr size_t drel_tile_bytes() { return static_cast<size_t>(BM) * (BN + 1) * sizeof(float); }
+
 // ------------------------------------------------------------------ host
 
 // Launches kernel<<<blocks, threads, smem, stream>>>(args...) on a 1-D grid

@@ -15,9 +15,10 @@
 //       lengths: causal, a sliding window, or both. The band's edges are
 //       run-time values of the Problem (no kernel per window size), so a
 //       window costs no extra variant;
-//   score terms (ALiBi and/or softcap, their values at run time): kernels
-//       of problems without attn_mask only; with a mask such a call goes to
-//       another backend (fastattn/ops/attention.py says why).
+//   score terms (ALiBi, softcap and/or T5's relative bias, their values at
+//       run time): kernels of problems without attn_mask only; with a mask
+//       such a call goes to another backend (fastattn/ops/attention.py says
+//       why).
 // Variants that exist (per pass: forward, dK/dV, dQ):
 //   tensor cores, float16/bfloat16:  5 buckets x {none, bool, bias in the
 //       data's dtype, float32 bias} x banded x dropout, not even; the even
@@ -73,13 +74,13 @@ constexpr bool even_supported(DType dtype, MaskKind mask, bool score_terms = fal
   return dtype != DType::kFloat32 && mask == MaskKind::kNone && !score_terms;
 }
 
-// Whether score-term (ALiBi, softcap) kernels exist for a mask kind: only
+// Whether score-term (ALiBi, softcap, relative bias) kernels exist for a mask kind: only
 // without a mask (every dtype).
 constexpr bool score_terms_supported(MaskKind mask) { return mask == MaskKind::kNone; }
 
 // Whether a problem has score terms / a band.
 inline bool has_score_terms(const Problem& pb) {
-  return pb.alibi_slopes != nullptr || pb.softcap > 0.f;
+  return pb.alibi_slopes != nullptr || pb.softcap > 0.f || pb.rel_bias != nullptr;
 }
 inline bool is_banded(const Problem& pb) {
   return pb.causal || pb.window_left >= 0 || pb.window_right >= 0;

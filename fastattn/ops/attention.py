@@ -81,13 +81,11 @@ LENGTH_DTYPES = (torch.int32, torch.int64)
 
 def cuda_variant_limits(variants: Variants, has_mask: bool) -> str:
     """Why the cuda kernels cannot serve these variants ("" if they can):
-    they run window_size, alibi_slopes and softcap, the last two only
-    without attn_mask, and no rel_bias (csrc/cuda/attention_variants.h)."""
-    if variants.rel_bias is not None:
-        return "the cuda kernels do not implement rel_bias"
-    if has_mask and (variants.alibi_slopes is not None or variants.softcap > 0):
-        names = " and ".join(n for n in variants.names() if n in ("alibi_slopes", "softcap"))
-        return f"the cuda kernels do not implement {names} together with attn_mask"
+    they run window_size, and alibi_slopes, softcap and rel_bias without
+    attn_mask only (csrc/cuda/attention_variants.h)."""
+    terms = [n for n in variants.names() if n in ("alibi_slopes", "softcap", "rel_bias")]
+    if has_mask and terms:
+        return f"the cuda kernels do not implement {' and '.join(terms)} together with attn_mask"
     return ""
 
 
