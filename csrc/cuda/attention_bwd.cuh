@@ -466,7 +466,8 @@ cudaError_t bwd_dq_tc(const BwdParams& p, cudaStream_t stream) {
     const size_t smem =
         C::kSmemBytes + (p.drel_rows != nullptr ? drel_tile_bytes<C::BM, C::BN>() : 0);
     return launch_kernel(attention_bwd_dq_tc_kernel<T, D, decltype(features)>,
-                         ceil_div(p.pb.Lq, C::BM) * p.pb.B * p.pb.Hq, kQThreads, smem, stream, p, dropout_inv_keep(p.pb.dropout_p),
+                         ceil_div(p.pb.Lq, C::BM) * p.pb.B * p.pb.Hq, kQThreads, smem, stream,
+                         p, dropout_inv_keep(p.pb.dropout_p),
                          dropout_threshold(p.pb.dropout_p));
   });
 }

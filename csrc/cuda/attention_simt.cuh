@@ -371,7 +371,8 @@ __global__ void __launch_bounds__(kSimtThreads, simt_min_blocks<D>())
     if constexpr (F::kScoreTerms) {
       if (p.drel_rows != nullptr) {  // block-uniform; the loop's first sync orders the next tile
         __syncthreads();
-        add_tile_diagonals<kSimtRows, kSimtTile, kSimtThreads>(sDS, block_drel_row(p), n0, p.drel_width);
+        add_tile_diagonals<kSimtRows, kSimtTile, kSimtThreads>(sDS, block_drel_row(p), n0,
+                                                               p.drel_width);
       }
     }
   }
